@@ -1,0 +1,23 @@
+"""vllm-modelslim: serve Huawei ModelSlim (msmodelslim) quantized checkpoints on any vLLM platform.
+
+vLLM loads this package through the ``vllm.general_plugins`` entry point and
+calls :func:`register`, which adds the quantization methods ``ascend`` and
+``modelslim``::
+
+    vllm serve ./Qwen3-8B-W8A8 --quantization ascend
+    LLM(model="./Qwen3-8B-W8A8", quantization="ascend")
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def register() -> None:
+    """VLLM general-plugin hook: register the ``ascend``/``modelslim`` quantization methods.
+
+    Safe to call more than once (vLLM calls it in every process it starts).
+    """
+    from vllm_modelslim.format.quant_config import register_quantization_methods
+
+    register_quantization_methods()

@@ -1,0 +1,285 @@
+"""Build the project's tiny Qwen3 demo model and its tokenizer, locally.
+
+Nothing is downloaded: the tokenizer (byte-level BPE, 4096 tokens, trained with
+the ``tokenizers`` library) and the model are trained on English text taken from
+the docstrings of Python's own standard library, which every machine that runs
+this package has. A short training run (seconds to a minute and a half on two
+cores) makes the next-token distributions peaked, so greedy decoding is stable
+and the generations are recognisably English; the model is not meant to be
+good.
+
+The output folder is a normal Hugging Face checkpoint (``config.json``,
+``model.safetensors``, ``tokenizer.json`` and the slow-tokenizer files
+``vocab.json``/``merges.txt`` that msmodelslim loads with ``use_fast=False``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+# Standard-library modules whose docstrings form the training text. A fixed,
+# ordered list keeps the corpus the same from run to run on one Python version.
+CORPUS_MODULES: tuple[str, ...] = (
+    "os",
+    "re",
+    "json",
+    "collections",
+    "itertools",
+    "functools",
+    "pathlib",
+    "argparse",
+    "logging",
+    "unittest",
+    "email",
+    "http.client",
+    "urllib.request",
+    "datetime",
+    "decimal",
+    "fractions",
+    "statistics",
+    "random",
+    "string",
+    "textwrap",
+    "typing",
+    "dataclasses",
+    "enum",
+    "inspect",
+    "threading",
+    "subprocess",
+    "socket",
+    "asyncio",
+    "csv",
+    "sqlite3",
+    "zipfile",
+    "tarfile",
+    "shutil",
+    "tempfile",
+    "pickle",
+    "copy",
+    "heapq",
+    "bisect",
+    "math",
+    "cmath",
+    "calendar",
+    "locale",
+    "gettext",
+    "difflib",
+    "pprint",
+    "doctest",
+    "pdb",
+    "trace",
+    "timeit",
+    "contextlib",
+    "abc",
+    "io",
+    "codecs",
+    "struct",
+    "array",
+    "queue",
+    "sched",
+    "select",
+    "signal",
+    "mmap",
+    "hashlib",
+    "hmac",
+    "secrets",
+    "base64",
+    "binascii",
+    "html",
+    "xml.dom.minidom",
+    "configparser",
+    "plistlib",
+    "imaplib",
+    "smtplib",
+    "ftplib",
+    "poplib",
+    "wave",
+    "colorsys",
+    "cmd",
+    "shlex",
+)
+
+END_OF_TEXT = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class TinyQwen3Spec:
+    """Shape and training budget of the demo model.
+
+    The defaults give a ~3.4M-parameter Qwen3 (2 layers, hidden 256, 4 query
+    heads and 2 KV heads of dim 64) with a 4096-token vocabulary.
+    """
+
+    vocab_size: int = 4096
+    hidden_size: int = 256
+    intermediate_size: int = 768
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int = 64
+    max_position_embeddings: int = 2048
+    train_steps: int = 300
+    train_batch: int = 16
+    train_seq_len: int = 128
+    learning_rate: float = 3e-3
+    seed: int = 0
+
+    def cache_key(self) -> str:
+        """A short, stable string that changes whenever the spec changes."""
+        import hashlib
+
+        blob = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def corpus_texts(min_chars: int = 40) -> list[str]:
+    """Docstrings of the public names of :data:`CORPUS_MODULES`, in a fixed order."""
+    texts: list[str] = []
+    for module_name in CORPUS_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_"):
+                continue
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) > min_chars:
+                texts.append(doc)
+    return texts
+
+
+def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> None:
+    """Train a byte-level BPE and save it in fast and slow formats to ``out_dir``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        eos_token=END_OF_TEXT,
+        pad_token=END_OF_TEXT,
+        bos_token=None,
+    )
+    fast.save_pretrained(str(out_dir))
+    # msmodelslim loads the tokenizer with use_fast=False: it needs the slow
+    # GPT-2 style files too.
+    tokenizer.model.save(str(out_dir))
+    config_path = out_dir / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["tokenizer_class"] = "Qwen2Tokenizer"
+    config_path.write_text(json.dumps(config, indent=2))
+
+
+def build_tiny_qwen3(
+    out_dir: Path,
+    spec: TinyQwen3Spec | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Build (tokenizer, train, save) the demo model into ``out_dir``.
+
+    Args:
+        out_dir: folder to create; it is replaced if it exists.
+        spec: model shape and training budget (defaults: :class:`TinyQwen3Spec`).
+        progress: optional callback receiving one-line status messages.
+
+    Returns:
+        ``out_dir``, holding a bf16 Hugging Face checkpoint with tokenizer.
+    """
+    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
+
+    spec = spec or TinyQwen3Spec()
+    say = progress or (lambda _msg: None)
+    out_dir = Path(out_dir)
+    tmp_dir = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+
+    texts = corpus_texts()
+    say(f"training a {spec.vocab_size}-token BPE tokenizer on {len(texts)} docstrings")
+    train_tokenizer(texts, spec.vocab_size, tmp_dir)
+    tokenizer = AutoTokenizer.from_pretrained(str(tmp_dir))
+    eos_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
+
+    config = Qwen3Config(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        head_dim=spec.head_dim,
+        max_position_embeddings=spec.max_position_embeddings,
+        tie_word_embeddings=False,
+        rope_theta=1_000_000.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    torch.manual_seed(spec.seed)
+    model = Qwen3ForCausalLM(config)
+
+    ids: list[int] = []
+    for text in texts:
+        ids.extend(tokenizer(text)["input_ids"])
+        ids.append(eos_id)
+    stream = torch.tensor(ids, dtype=torch.long)
+    say(f"training the model for {spec.train_steps} steps on {len(ids)} tokens")
+    _train(model, stream, spec, say)
+
+    model = model.to(torch.bfloat16).eval()
+    model.config.torch_dtype = torch.bfloat16
+    model.save_pretrained(str(tmp_dir), safe_serialization=True)
+    _write_legacy_config_keys(tmp_dir / "config.json")
+    (tmp_dir / "tiny_qwen3_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp_dir.rename(out_dir)
+    return out_dir
+
+
+def _train(
+    model: torch.nn.Module,
+    stream: torch.Tensor,
+    spec: TinyQwen3Spec,
+    say: Callable[[str], None],
+) -> None:
+    generator = torch.Generator().manual_seed(spec.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate)
+    model.train()
+    span = spec.train_seq_len
+    for step in range(spec.train_steps):
+        starts = torch.randint(0, len(stream) - span - 1, (spec.train_batch,), generator=generator)
+        batch = torch.stack([stream[s : s + span] for s in starts.tolist()])
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if (step + 1) % 50 == 0 or step + 1 == spec.train_steps:
+            say(f"  step {step + 1}/{spec.train_steps}  loss {loss.item():.3f}")
+    model.eval()
+
+
+def _write_legacy_config_keys(config_path: Path) -> None:
+    """Add the pre-5.x key names (``rope_theta``) that older tools read."""
+    config = json.loads(config_path.read_text())
+    rope = config.get("rope_parameters") or {}
+    if "rope_theta" not in config and "rope_theta" in rope:
+        config["rope_theta"] = rope["rope_theta"]
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True))

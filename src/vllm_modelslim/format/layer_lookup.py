@@ -1,0 +1,98 @@
+"""Map a vLLM layer prefix to its quant type and checkpoint shard names (spec §1.5-§1.6).
+
+Rules (ModelSlim semantics, with clearer errors than vllm-ascend's KeyError):
+
+* Only ``<prefix>.weight`` entries decide a layer's quant type.
+* A packed layer (``qkv_proj``, ``gate_up_proj``, ``experts``) takes the type of
+  its shards, which must all agree; ``FLOAT`` shards make the layer unquantized.
+  Only the last component of the prefix is replaced (vllm-ascend replaces every
+  occurrence, which breaks on prefixes that repeat the name).
+* A quantizable linear layer must be described; embeddings and ``lm_head`` stay
+  unquantized when absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from vllm_modelslim.format.description import FLOAT, QuantDescription
+from vllm_modelslim.format.errors import LayerNotDescribedError, PackedShardMismatchError
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """How one vLLM layer is quantized.
+
+    Attributes:
+        prefix: the vLLM layer prefix, e.g. ``model.layers.0.self_attn.qkv_proj``.
+        quant_type: the description's quant type, e.g. ``"W8A8_DYNAMIC"`` or ``"FLOAT"``.
+        shard_prefixes: checkpoint prefixes of the fused parts, in vLLM's shard
+            order (``q, k, v``; ``gate, up``); ``(prefix,)`` for an unfused layer.
+    """
+
+    prefix: str
+    quant_type: str
+    shard_prefixes: tuple[str, ...]
+
+    @property
+    def is_float(self) -> bool:
+        """True when the layer stays unquantized."""
+        return self.quant_type == FLOAT
+
+
+def shard_prefixes(prefix: str, packed_mapping: Mapping[str, list[str]]) -> tuple[str, ...]:
+    """Checkpoint prefixes that a (possibly fused) vLLM layer is loaded from."""
+    head, _, proj = prefix.rpartition(".")
+    if proj not in packed_mapping:
+        return (prefix,)
+    base = f"{head}." if head else ""
+    return tuple(base + shard for shard in packed_mapping[proj])
+
+
+def resolve_layer(
+    description: QuantDescription,
+    prefix: str,
+    packed_mapping: Mapping[str, list[str]],
+    *,
+    required: bool = True,
+) -> LayerQuant | None:
+    """Quant type of the vLLM layer ``prefix``.
+
+    Args:
+        description: the parsed description file.
+        prefix: vLLM layer prefix (already in checkpoint naming).
+        packed_mapping: fused name → shard names (see ``packed_modules_for``).
+        required: when False, a layer with no entry yields None instead of an error
+            (used for embeddings and ``lm_head``, which stay unquantized then).
+
+    Raises:
+        LayerNotDescribedError: a shard has no ``.weight`` entry and ``required``.
+        PackedShardMismatchError: the shards have different quant types.
+    """
+    shards = shard_prefixes(prefix, packed_mapping)
+    types: dict[str, str] = {}
+    for shard in shards:
+        quant_type = description.quant_type(f"{shard}.weight")
+        if quant_type is None:
+            if not required:
+                return None
+            what = "it" if shards == (prefix,) else f"its shard {shard!r}"
+            raise LayerNotDescribedError(
+                f"the description has no entry {shard + '.weight'!r}, so the quant type of {what} "
+                "is unknown; the description was probably written for another model "
+                "(every quantizable linear layer needs an entry, FLOAT for unquantized ones)",
+                file=description.source,
+                layer=prefix,
+            )
+        types[shard] = quant_type
+    distinct = set(types.values())
+    if len(distinct) > 1:
+        listing = ", ".join(f"{shard}: {qt}" for shard, qt in types.items())
+        raise PackedShardMismatchError(
+            f"vLLM fuses these shards into one layer, so they must share one quant type, "
+            f"but the description has {listing}",
+            file=description.source,
+            layer=prefix,
+        )
+    return LayerQuant(prefix=prefix, quant_type=distinct.pop(), shard_prefixes=shards)

@@ -1,0 +1,50 @@
+"""Packed (fused) modules per ``model_type``: which checkpoint layers a vLLM layer fuses.
+
+vLLM fuses ``q_proj``/``k_proj``/``v_proj`` into ``qkv_proj`` and
+``gate_proj``/``up_proj`` into ``gate_up_proj``; a fused MoE layer named
+``experts`` holds every ``experts.<e>.{gate,up,down}_proj``. The description
+file lists the unfused checkpoint names, so the quant type of a fused layer is
+read from its shards (spec §1.5, §7). Each model class in vLLM declares its own
+``packed_modules_mapping``; this table adds what the quantization lookup needs
+on top of it (for MoE, expert 0 stands for all experts, as in vllm-ascend).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+_ATTENTION_AND_MLP: dict[str, list[str]] = {
+    "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+    "gate_up_proj": ["gate_proj", "up_proj"],
+}
+_EXPERTS: dict[str, list[str]] = {
+    "experts": ["experts.0.gate_proj", "experts.0.up_proj", "experts.0.down_proj"],
+}
+
+PACKED_MODULES_BY_MODEL_TYPE: dict[str, dict[str, list[str]]] = {
+    "llama": _ATTENTION_AND_MLP,
+    "mistral": _ATTENTION_AND_MLP,
+    "qwen2": _ATTENTION_AND_MLP,
+    "qwen3": _ATTENTION_AND_MLP,
+    "qwen2_moe": {**_ATTENTION_AND_MLP, **_EXPERTS},
+    "qwen3_moe": {**_ATTENTION_AND_MLP, **_EXPERTS},
+}
+
+
+def packed_modules_for(
+    model_type: str | None, model_mapping: Mapping[str, list[str]] | None
+) -> dict[str, list[str]]:
+    """The packed-module mapping used for quant-type lookup.
+
+    Args:
+        model_type: ``hf_config.model_type`` (may be None for unknown models).
+        model_mapping: the model class's own ``packed_modules_mapping`` as vLLM
+            hands it to the quantization config.
+
+    Returns:
+        The model's mapping, extended (and, for equal keys, overridden) by our
+        per-``model_type`` table.
+    """
+    mapping: dict[str, list[str]] = {k: list(v) for k, v in (model_mapping or {}).items()}
+    mapping.update({k: list(v) for k, v in PACKED_MODULES_BY_MODEL_TYPE.get(model_type or "", {}).items()})
+    return mapping

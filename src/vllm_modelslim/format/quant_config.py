@@ -1,0 +1,206 @@
+"""The vLLM ``QuantizationConfig`` for ModelSlim checkpoints, registered as ``ascend``.
+
+``vllm serve ./model --quantization ascend`` (or ``modelslim``) makes vLLM
+build this config without arguments (``get_config_filenames()`` is empty, as in
+vLLM Ascend) and then call :meth:`AscendModelSlimConfig.maybe_update_config`
+with the model folder, which loads ``quant_model_description.json`` and reads
+the safetensors headers. For every layer vLLM then asks
+:meth:`~AscendModelSlimConfig.get_quant_method`, which resolves the layer's
+quant type (packed shards included) and returns the scheme's method, or vLLM's
+unquantized method for ``FLOAT`` layers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from vllm.logger import init_logger
+from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+from vllm.model_executor.layers.quantization import register_quantization_config
+from vllm.model_executor.layers.quantization.base_config import (
+    QuantizationConfig,
+    QuantizeMethodBase,
+)
+from vllm.model_executor.layers.vocab_parallel_embedding import (
+    ParallelLMHead,
+    VocabParallelEmbedding,
+)
+
+from vllm_modelslim.format.checkpoint import CheckpointIndex
+from vllm_modelslim.format.description import QuantDescription, load_description
+from vllm_modelslim.format.errors import DescriptionFormatError, UnknownQuantTypeError
+from vllm_modelslim.format.layer_lookup import resolve_layer
+from vllm_modelslim.format.packed_modules import packed_modules_for
+from vllm_modelslim.schemes import LayerContext, get_scheme_class, registered_quant_types
+from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
+
+logger = init_logger(__name__)
+
+QUANTIZATION_METHOD_NAMES = ("ascend", "modelslim")
+"""Names accepted by ``--quantization`` (``ascend`` as in vLLM Ascend's docs)."""
+
+_UNSUPPORTED_SETTINGS = {
+    "kv_cache_type": "int8 KV cache (C8)",
+    "fa_quant_type": "attention (FA) quantization",
+    "indexer_quant_type": "sparse-attention indexer quantization",
+}
+
+
+class AscendModelSlimConfig(QuantizationConfig):
+    """Quantization config of a ModelSlim (msmodelslim) checkpoint.
+
+    Args:
+        quant_description: an already-decoded description mapping (tests,
+            ``from_config``); None to load it from the model folder later.
+    """
+
+    def __init__(self, quant_description: Mapping[str, Any] | None = None):
+        super().__init__()
+        self.description: QuantDescription | None = (
+            QuantDescription.from_mapping(quant_description) if quant_description else None
+        )
+        self.checkpoint: CheckpointIndex | None = None
+        self.model_type: str | None = None
+        self._name_map: dict[str, str] = {}
+
+    # --- QuantizationConfig interface -------------------------------------
+
+    def get_name(self) -> str:
+        return "ascend"
+
+    def get_supported_act_dtypes(self) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    @classmethod
+    def get_min_capability(cls) -> int:
+        # Plain torch kernels: any GPU that runs vLLM runs them.
+        return 0
+
+    @staticmethod
+    def get_config_filenames() -> list[str]:
+        # The description is located in maybe_update_config, which also
+        # accepts the older quant_model_description_<type>.json names.
+        return []
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> AscendModelSlimConfig:
+        return cls(config)
+
+    def maybe_update_config(
+        self, model_name: str, hf_config: Any = None, revision: str | None = None
+    ) -> None:
+        """Load the description and the checkpoint headers from the model folder.
+
+        Raises:
+            DescriptionNotFoundError, AmbiguousDescriptionError,
+            DescriptionFormatError: see :func:`load_description`.
+            CheckpointTensorError: a weight file cannot be read.
+        """
+        if hf_config is not None:
+            self.model_type = getattr(hf_config, "model_type", None)
+        folder = Path(model_name)
+        if self.description is None:
+            self.description = load_description(folder)
+        if folder.is_dir() and self.checkpoint is None:
+            self.checkpoint = CheckpointIndex.scan(folder)
+        self._reject_unsupported_features(self.description)
+        logger.info(
+            "ModelSlim description %s: quant types %s",
+            self.description.source,
+            sorted(self.description.quant_types()),
+        )
+
+    def apply_vllm_mapper(self, hf_to_vllm_mapper: Any) -> None:
+        """Let description entries answer under vLLM's module names too."""
+        if self.description is None:
+            return
+        rename = {}
+        for name in self.description.entries:
+            mapped = hf_to_vllm_mapper.map_name(name)
+            if mapped is not None and mapped != name:
+                rename[name] = mapped
+                self._name_map[mapped.removesuffix(".weight")] = name.removesuffix(".weight")
+        if rename:
+            self.description = self.description.with_renamed_entries(rename)
+
+    def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
+        """The method for ``layer``; raises a ModelSlimFormatError for bad descriptions."""
+        if isinstance(layer, LinearBase):
+            return self._linear_method(layer, prefix, required=True) or UnquantizedLinearMethod()
+        if isinstance(layer, ParallelLMHead):
+            return self._linear_method(layer, prefix, required=False)
+        if isinstance(layer, VocabParallelEmbedding):
+            self._reject_quantized_embedding(prefix)
+            return None
+        return None
+
+    # --- helpers -------------------------------------------------------------
+
+    def _require_description(self) -> QuantDescription:
+        if self.description is None:
+            raise DescriptionFormatError(
+                "no ModelSlim description was loaded; vLLM did not call maybe_update_config "
+                "and no quant_description was given"
+            )
+        return self.description
+
+    def _linear_method(
+        self, layer: torch.nn.Module, prefix: str, *, required: bool
+    ) -> QuantizeMethodBase | None:
+        description = self._require_description()
+        mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
+        layer_quant = resolve_layer(description, prefix, mapping, required=required)
+        if layer_quant is None or layer_quant.is_float:
+            return None
+        scheme_cls = get_scheme_class(layer_quant.quant_type, "linear")
+        if scheme_cls is None:
+            raise UnknownQuantTypeError(
+                f"quant type {layer_quant.quant_type!r} has no linear scheme; supported: "
+                f"{registered_quant_types('linear') + ['FLOAT']}",
+                file=description.source,
+                layer=prefix,
+            )
+        context = LayerContext(
+            prefix=prefix,
+            quant_type=layer_quant.quant_type,
+            shard_prefixes=tuple(self._name_map.get(s, s) for s in layer_quant.shard_prefixes),
+            description_source=description.source,
+            checkpoint=self.checkpoint,
+        )
+        return ModelSlimLinearMethod(scheme_cls(context))
+
+    def _reject_quantized_embedding(self, prefix: str) -> None:
+        description = self._require_description()
+        quant_type = description.quant_type(f"{prefix}.weight")
+        if quant_type not in (None, "FLOAT"):
+            raise UnknownQuantTypeError(
+                f"a quantized input embedding ({quant_type}) is not supported; only lm_head may be quantized",
+                file=description.source,
+                layer=prefix,
+            )
+
+    @staticmethod
+    def _reject_unsupported_features(description: QuantDescription) -> None:
+        for key, feature in _UNSUPPORTED_SETTINGS.items():
+            if description.settings.get(key):
+                raise UnknownQuantTypeError(
+                    f"{key}={description.settings[key]!r} asks for {feature}, which this plugin "
+                    "does not implement yet; serving without it would silently change the numerics",
+                    file=description.source,
+                )
+        norm_bias = sorted(k for k in description.entries if k.endswith("norm.bias"))
+        if norm_bias:
+            raise UnknownQuantTypeError(
+                f"anti-outlier norm biases ({norm_bias[0]!r} and {len(norm_bias) - 1} more) are not "
+                "supported yet; vLLM would drop them silently",
+                file=description.source,
+            )
+
+
+def register_quantization_methods() -> None:
+    """Register :class:`AscendModelSlimConfig` with vLLM as ``ascend`` and ``modelslim``."""
+    for name in QUANTIZATION_METHOD_NAMES:
+        register_quantization_config(name)(AscendModelSlimConfig)

@@ -1,0 +1,74 @@
+"""Activation quantization to int8: static per-tensor (asymmetric) and dynamic per-token.
+
+Semantics follow the NPU ops that vLLM Ascend calls (spec §0):
+
+* static, ``npu_quantize(x, 1/scale, offset, qint8, div_mode=False)``:
+  ``q = clamp(round(x · (1/scale) + offset), −128, 127)``, computed in fp32.
+* dynamic, ``npu_dynamic_quant(x, int8)``: per row (token)
+  ``s = max_k |x[m, k]| / 127`` and ``q = round(x / s)`` (always within ±127).
+  A row of zeros gets ``s = 1`` and ``q = 0`` (the NPU op's result for such a
+  row is not documented; any positive scale gives the same product).
+
+Rounding is half-to-even (``torch.round``). The ``*_reference`` twins compute in
+float64 and are the oracles the fast fp32 versions are tested against: they may
+differ only where a value lies within fp32 rounding of a .5 tie.
+"""
+
+from __future__ import annotations
+
+import torch
+
+INT8_MIN = -128
+INT8_MAX = 127
+DYNAMIC_QMAX = 127.0
+
+
+def quantize_static_per_tensor(
+    x: torch.Tensor, scale: float | torch.Tensor, offset: float | torch.Tensor
+) -> torch.Tensor:
+    """Static asymmetric per-tensor int8 quantization (ModelSlim W8A8 ``input_scale``/``input_offset``).
+
+    Args:
+        x: activations ``[..., K]``, any float dtype.
+        scale: positive activation scale ``s_in`` (python float or 0-d/1-element tensor).
+        offset: integer-valued zero point ``o_in`` in [−128, 127].
+
+    Returns:
+        int8 tensor of ``x``'s shape: ``clamp(round(x·(1/s_in) + o_in), −128, 127)``.
+    """
+    inv_scale = 1.0 / torch.as_tensor(scale, dtype=torch.float32, device=x.device).reshape(())
+    offset_t = torch.as_tensor(offset, dtype=torch.float32, device=x.device).reshape(())
+    q = torch.round(x.float() * inv_scale + offset_t)
+    return q.clamp_(INT8_MIN, INT8_MAX).to(torch.int8)
+
+
+def quantize_dynamic_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric per-token int8 quantization (ModelSlim W8A8_DYNAMIC activations).
+
+    Args:
+        x: activations ``[M, K]`` (or ``[..., K]``), any float dtype.
+
+    Returns:
+        ``(q, s)``: ``q`` int8 of ``x``'s shape with ``q = round(x/s)``, and
+        ``s`` float32 ``[...]`` (one scale per row) with ``s = max|x|/127``.
+    """
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1) / DYNAMIC_QMAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(xf / scale.unsqueeze(-1)).clamp_(-DYNAMIC_QMAX, DYNAMIC_QMAX).to(torch.int8)
+    return q, scale
+
+
+def quantize_static_per_tensor_reference(x: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """Float64 oracle of :func:`quantize_static_per_tensor`."""
+    q = torch.round(x.double() * (1.0 / float(scale)) + float(offset))
+    return q.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
+
+
+def quantize_dynamic_per_token_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 oracle of :func:`quantize_dynamic_per_token` (scales returned as float64)."""
+    xd = x.double()
+    scale = xd.abs().amax(dim=-1) / DYNAMIC_QMAX
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    q = torch.round(xd / scale.unsqueeze(-1)).clamp(-DYNAMIC_QMAX, DYNAMIC_QMAX).to(torch.int8)
+    return q, scale

@@ -1,0 +1,32 @@
+"""What the current host can do, as far as kernel selection cares."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+INT8_DOT_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+"""CPU flags (x86 VNNI/AMX, Arm dot-product) that give native int8 dot products."""
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """Feature flags of the first CPU in ``/proc/cpuinfo`` (empty when unreadable)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return frozenset(value.split())
+    return frozenset()
+
+
+def cpu_has_int8_dot() -> bool:
+    """True when the CPU multiplies int8 vectors natively (VNNI, AMX, Arm dot-product).
+
+    Without it, int8 GEMMs in oneDNN/torch fall back to slow or 16-bit
+    saturating paths, so kernel priorities change.
+    """
+    return any(flag in cpu_flags() for flag in INT8_DOT_CPU_FLAGS)

@@ -1,0 +1,54 @@
+"""int8 × int8 GEMM with exact int32 accumulation: interface, kernels, selection."""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_modelslim.kernels.scaled_int8_mm.base import ScaledInt8MMConfig, ScaledInt8MMKernel
+from vllm_modelslim.kernels.scaled_int8_mm.reference import (
+    ReferenceScaledInt8MM,
+    scaled_int8_mm_reference,
+)
+from vllm_modelslim.kernels.scaled_int8_mm.torch_int_mm import TorchIntMMScaledInt8MM
+from vllm_modelslim.kernels.selection import choose_kernel
+
+SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = [
+    TorchIntMMScaledInt8MM,
+    ReferenceScaledInt8MM,
+]
+"""Priority order; the reference kernel always qualifies."""
+
+
+def make_scaled_int8_mm(
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    int_bias: torch.Tensor | None = None,
+    kernel: type[ScaledInt8MMKernel] | None = None,
+) -> ScaledInt8MMKernel:
+    """Build the best kernel for an int8 weight ``[N, K]`` with scales ``[N]``.
+
+    Args:
+        weight: int8 ``[N, K]``.
+        weight_scale: per-output-channel scale ``[N]`` (``s_w``, or ``deq_scale``).
+        int_bias: optional int32 ``[N]`` added to the accumulator.
+        kernel: force a kernel class instead of selecting one.
+
+    Raises:
+        RuntimeError: a forced ``kernel`` cannot run this shape on this device.
+    """
+    config = ScaledInt8MMConfig(
+        in_features=weight.shape[1], out_features=weight.shape[0], device_type=weight.device.type
+    )
+    cls = choose_kernel([kernel] if kernel else SCALED_INT8_MM_KERNELS, config)
+    return cls(config, weight, weight_scale, int_bias)
+
+
+__all__ = [
+    "SCALED_INT8_MM_KERNELS",
+    "ReferenceScaledInt8MM",
+    "ScaledInt8MMConfig",
+    "ScaledInt8MMKernel",
+    "TorchIntMMScaledInt8MM",
+    "make_scaled_int8_mm",
+    "scaled_int8_mm_reference",
+]

@@ -1,0 +1,78 @@
+"""Interface of the int8 × int8 GEMM with exact int32 accumulation.
+
+Math (ModelSlim W8A8 / W8A8_DYNAMIC, vLLM Ascend ``npu_quant_matmul``, spec §0, §4.1-§4.2)::
+
+    acc[m, n] = Σ_k x_q[m, k] · w_q[n, k] + b_int[n]        (exact, int32)
+    y[m, n]   = acc[m, n] · s_x[m] · s_w[n] + b[n]            (then cast to out dtype)
+
+``s_x`` is the per-token activation scale of dynamic quantization (absent for
+static quantization, where the activation scale is folded into ``s_w``, i.e.
+ModelSlim's ``deq_scale``), ``b_int`` an int32 bias in accumulator units
+(ModelSlim's ``quant_bias``) and ``b`` a float bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vllm_modelslim.kernels.selection import QuantKernel, register_buffers
+
+
+@dataclass(frozen=True)
+class ScaledInt8MMConfig:
+    """What a layer asks of its int8 GEMM kernel.
+
+    Attributes:
+        in_features: K.
+        out_features: N.
+        device_type: where the weights live ("cpu", "cuda").
+    """
+
+    in_features: int
+    out_features: int
+    device_type: str = "cpu"
+
+
+class ScaledInt8MMKernel(QuantKernel):
+    """Holds ``w_q`` int8 ``[N, K]``, ``s_w`` float32 ``[N]`` and optional ``b_int`` int32 ``[N]``.
+
+    ``forward(x_q, x_scale, bias, out_dtype)`` takes ``x_q`` int8 ``[M, K]``,
+    ``x_scale`` float32 ``[M]`` or None, ``bias`` ``[N]`` or None and returns
+    ``[M, N]`` in ``out_dtype``.
+    """
+
+    def __init__(
+        self,
+        config: ScaledInt8MMConfig,
+        weight: torch.Tensor,
+        weight_scale: torch.Tensor,
+        int_bias: torch.Tensor | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        register_buffers(
+            self,
+            weight=weight.to(torch.int8).contiguous(),
+            weight_scale=weight_scale.to(torch.float32).reshape(-1).contiguous(),
+            int_bias=None if int_bias is None else int_bias.to(torch.int32).reshape(-1).contiguous(),
+        )
+
+    def epilogue(
+        self,
+        acc: torch.Tensor,
+        x_scale: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """``(acc + b_int) · s_x · s_w + b`` in float32 from an exact int32 ``acc`` ``[M, N]``."""
+        if self.int_bias is not None:
+            acc = acc + self.int_bias
+        y = acc.to(torch.float32)
+        if x_scale is not None:
+            y = y * x_scale.to(torch.float32).reshape(-1, 1)
+        y = y * self.weight_scale
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        return y.to(out_dtype)

@@ -1,0 +1,110 @@
+"""``W8A8`` (static) linear: per-tensor asymmetric int8 activations × per-channel int8 weights.
+
+Math (spec §4.1, ERRATA 2; vLLM Ascend ``AscendW8A8LinearMethod`` with ``npu_quant_matmul``)::
+
+    x_q = clamp(round(x · (1/input_scale) + input_offset), −128, 127)
+    y[m, n] = (Σ_k x_q[m, k] · W_q[n, k] + quant_bias[n]) · deq_scale[n]
+
+with ``deq_scale = input_scale · weight_scale`` and ``quant_bias =
+round(bias/deq_scale) − input_offset · Σ_k W_q[n, k]``: the float bias is
+already folded into ``quant_bias``, so the layer's ``bias`` is not added again.
+Under tensor parallelism a row-parallel layer adds ``quant_bias`` on rank 0
+only (the all-reduce sums the partial products).
+
+On disk per shard (msmodelslim 26.1 new pipeline): ``weight`` int8 [o, i],
+``quant_bias`` int32 [o], ``input_scale`` [1], ``input_offset`` [1],
+``deq_scale`` [o] (f32, or int64 holding f32 bits for fp16/fp32 models); old
+pipeline and W8A8_MIX checkpoints add ``weight_scale``/``weight_offset`` [o, 1].
+Fused shards (q/k/v, gate/up) see the same input; if their activation scales
+or offsets differ, each group of rows is quantized with its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.layers.linear import RowParallelLinear
+
+from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_static_per_tensor
+from vllm_modelslim.schemes.base import LinearScheme, apply_2d
+from vllm_modelslim.schemes.linear.checkpoint_tensors import (
+    DEQ_SCALE,
+    INPUT_OFFSET,
+    INPUT_SCALE,
+    INT8_WEIGHT,
+    OPTIONAL_WEIGHT_SCALE,
+    QUANT_BIAS,
+    WEIGHT_OFFSET,
+)
+from vllm_modelslim.schemes.linear.symmetric import require_zero_weight_offset
+from vllm_modelslim.schemes.registry import register_scheme
+
+
+@register_scheme("W8A8", "linear")
+class W8A8StaticLinearScheme(LinearScheme):
+    """Static (calibrated) per-tensor W8A8 linear layer."""
+
+    quant_type = "W8A8"
+
+    @classmethod
+    def checkpoint_tensors(cls):
+        return (
+            INT8_WEIGHT,
+            QUANT_BIAS,
+            INPUT_SCALE,
+            INPUT_OFFSET,
+            DEQ_SCALE,
+            OPTIONAL_WEIGHT_SCALE,
+            WEIGHT_OFFSET,
+        )
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        deq_scale = self.check_scale(layer, "deq_scale").reshape(-1)
+        input_scale = self.check_scale(layer, "input_scale").reshape(-1)
+        input_offset = self.check_zero_point(layer, "input_offset").reshape(-1)
+        require_zero_weight_offset(self, layer)
+        quant_bias = layer.quant_bias.data
+        if isinstance(layer, RowParallelLinear) and getattr(layer, "tp_rank", 0) > 0:
+            quant_bias = None
+        weight = layer.weight.data
+
+        kernels = torch.nn.ModuleList()
+        activation_params: list[tuple[float, float]] = []
+        for start, stop, scale, offset in _activation_groups(layer.logical_widths, input_scale, input_offset):
+            kernels.append(
+                make_scaled_int8_mm(
+                    weight[start:stop],
+                    deq_scale[start:stop],
+                    None if quant_bias is None else quant_bias[start:stop],
+                )
+            )
+            activation_params.append((scale, offset))
+        layer.modelslim_kernels = kernels
+        layer.modelslim_activation_params = activation_params
+
+    def apply(self, layer, x, bias):
+        # ``bias`` is folded into quant_bias by msmodelslim (ERRATA 2).
+        pairs = list(zip(layer.modelslim_kernels, layer.modelslim_activation_params, strict=True))
+
+        def forward(x2d: torch.Tensor) -> torch.Tensor:
+            outputs = [
+                kernel(quantize_static_per_tensor(x2d, scale, offset), None, None, x.dtype)
+                for kernel, (scale, offset) in pairs
+            ]
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
+
+        return apply_2d(x, forward)
+
+
+def _activation_groups(
+    widths: list[int], input_scale: torch.Tensor, input_offset: torch.Tensor
+) -> list[tuple[int, int, float, float]]:
+    """Merge consecutive shards that share (input_scale, input_offset) into row ranges."""
+    groups: list[tuple[int, int, float, float]] = []
+    start = 0
+    for width, scale, offset in zip(widths, input_scale.tolist(), input_offset.tolist(), strict=True):
+        if groups and groups[-1][2:] == (scale, offset):
+            groups[-1] = (groups[-1][0], start + width, scale, offset)
+        else:
+            groups.append((start, start + width, scale, offset))
+        start += width
+    return groups

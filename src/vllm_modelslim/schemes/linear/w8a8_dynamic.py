@@ -1,0 +1,45 @@
+"""``W8A8_DYNAMIC`` linear: per-token dynamic int8 activations × per-channel int8 weights.
+
+Math (spec §4.2, ModelSlim / vLLM Ascend ``AscendW8A8DynamicLinearMethod``)::
+
+    s_x[m] = max_k |x[m, k]| / 127,   x_q = round(x / s_x)
+    y[m, n] = (Σ_k x_q[m, k] · W_q[n, k]) · s_x[m] · s_w[n] + bias[n]
+
+On disk per shard: ``weight`` int8 [o, i], ``weight_scale`` [o, 1],
+``weight_offset`` [o, 1] (zeros: the weights are symmetric).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_dynamic_per_token
+from vllm_modelslim.schemes.base import LinearScheme, apply_2d
+from vllm_modelslim.schemes.linear.checkpoint_tensors import INT8_WEIGHT, WEIGHT_OFFSET, WEIGHT_SCALE
+from vllm_modelslim.schemes.linear.symmetric import require_zero_weight_offset
+from vllm_modelslim.schemes.registry import register_scheme
+
+
+@register_scheme("W8A8_DYNAMIC", "linear")
+class W8A8DynamicLinearScheme(LinearScheme):
+    """Per-token dynamic W8A8 linear layer."""
+
+    quant_type = "W8A8_DYNAMIC"
+
+    @classmethod
+    def checkpoint_tensors(cls):
+        return (INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        weight_scale = self.check_scale(layer, "weight_scale").reshape(-1)
+        require_zero_weight_offset(self, layer)
+        layer.modelslim_kernel = make_scaled_int8_mm(layer.weight.data, weight_scale)
+
+    def apply(self, layer, x, bias):
+        kernel = layer.modelslim_kernel
+
+        def forward(x2d: torch.Tensor) -> torch.Tensor:
+            x_q, x_scale = quantize_dynamic_per_token(x2d)
+            return kernel(x_q, x_scale, bias, x.dtype)
+
+        return apply_2d(x, forward)

@@ -1,0 +1,66 @@
+"""vLLM ``LinearMethodBase`` that delegates to a ModelSlim linear scheme."""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.layers.linear import (
+    LinearMethodBase,
+    register_weight_loader_v2_supported_method,
+)
+
+from vllm_modelslim.format.tensor_spec import validate_layer_tensors
+from vllm_modelslim.schemes.base import LinearScheme
+
+
+@register_weight_loader_v2_supported_method
+class ModelSlimLinearMethod(LinearMethodBase):
+    """Linear method for a quantized layer of a ModelSlim checkpoint.
+
+    ``create_weights`` first checks the layer's tensors in the checkpoint's
+    safetensors headers (dtype, shape, presence; shapes only without tensor
+    parallelism, where vLLM gives the full shard sizes), then lets the scheme
+    register its parameters. Registered for vLLM's ``weight_loader_v2``, so
+    vLLM's parameter classes place fused shards.
+    """
+
+    def __init__(self, scheme: LinearScheme):
+        super().__init__()
+        self.scheme = scheme
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        input_size_per_partition: int,
+        output_partition_sizes: list[int],
+        input_size: int,
+        output_size: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs,
+    ) -> None:
+        context = self.scheme.context
+        if context.checkpoint is not None:
+            unsharded = getattr(layer, "tp_size", 1) == 1
+            validate_layer_tensors(
+                context.checkpoint,
+                layer=context.prefix,
+                quant_type=context.quant_type,
+                shard_prefixes=context.shard_prefixes,
+                shard_out_features=list(output_partition_sizes) if unsharded else None,
+                in_features=input_size,
+                tensors=self.scheme.checkpoint_tensors(),
+            )
+        self.scheme.create_weights(
+            layer,
+            input_size_per_partition,
+            output_partition_sizes,
+            params_dtype,
+            extra_weight_attrs["weight_loader"],
+        )
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        self.scheme.process_weights_after_loading(layer)
+
+    def apply(
+        self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.scheme.apply(layer, x, bias)
