@@ -245,7 +245,6 @@ def build_tiny_qwen3(
     _train(model, stream, spec, say)
 
     model = model.to(torch.bfloat16).eval()
-    model.config.torch_dtype = torch.bfloat16
     model.save_pretrained(str(tmp_dir), safe_serialization=True)
     _write_legacy_config_keys(tmp_dir / "config.json")
     (tmp_dir / "tiny_qwen3_spec.json").write_text(json.dumps(asdict(spec), indent=2))
@@ -283,3 +282,25 @@ def _write_legacy_config_keys(config_path: Path) -> None:
     if "rope_theta" not in config and "rope_theta" in rope:
         config["rope_theta"] = rope["rope_theta"]
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
+def cached_tiny_qwen3(
+    spec: TinyQwen3Spec | None = None, progress: Callable[[str], None] | None = None
+) -> Path:
+    """The demo model from the cache, built on first use (about a minute and a half).
+
+    The cache key covers the spec and the Python version (the training text
+    comes from the standard library's docstrings).
+    """
+    import sys
+
+    from vllm_modelslim.examples.msmodelslim_runner import cache_dir
+
+    spec = spec or TinyQwen3Spec()
+    version = f"py{sys.version_info.major}{sys.version_info.minor}"
+    folder = cache_dir() / "models" / f"tiny-qwen3-{spec.cache_key()}-{version}"
+    if not (folder / "config.json").exists():
+        say = progress or (lambda _msg: None)
+        say(f"building the demo model into {folder}")
+        build_tiny_qwen3(folder, spec, progress)
+    return folder

@@ -9,9 +9,13 @@ Semantics follow the NPU ops that vLLM Ascend calls (spec §0):
   A row of zeros gets ``s = 1`` and ``q = 0`` (the NPU op's result for such a
   row is not documented; any positive scale gives the same product).
 
-Rounding is half-to-even (``torch.round``). The ``*_reference`` twins compute in
-float64 and are the oracles the fast fp32 versions are tested against: they may
-differ only where a value lies within fp32 rounding of a .5 tie.
+Rounding is half-to-even (``torch.round``). Both ops are defined in fp32
+arithmetic, as the NPU computes them: in float64 a few values per ten thousand
+land on the other side of a .5 tie, and on a small model those flips alone move
+log-probabilities by ~0.02, so the oracle must fix the arithmetic, not only the
+formula. The ``*_reference`` twins are the plain, unfused statement of that
+semantics (the oracles for any fused or vectorised fast path); the fast
+versions below are currently the same plain-torch code.
 """
 
 from __future__ import annotations
@@ -60,15 +64,16 @@ def quantize_dynamic_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def quantize_static_per_tensor_reference(x: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
-    """Float64 oracle of :func:`quantize_static_per_tensor`."""
-    q = torch.round(x.double() * (1.0 / float(scale)) + float(offset))
+    """Oracle of :func:`quantize_static_per_tensor`: one fp32 multiply-add, round, clamp."""
+    inv_scale = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(float(scale), dtype=torch.float32)
+    q = torch.round(x.to(torch.float32) * inv_scale + torch.tensor(float(offset), dtype=torch.float32))
     return q.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
 def quantize_dynamic_per_token_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Float64 oracle of :func:`quantize_dynamic_per_token` (scales returned as float64)."""
-    xd = x.double()
-    scale = xd.abs().amax(dim=-1) / DYNAMIC_QMAX
+    """Oracle of :func:`quantize_dynamic_per_token`: fp32 row max, fp32 divide, round."""
+    xf = x.to(torch.float32)
+    scale = xf.abs().amax(dim=-1) / torch.tensor(DYNAMIC_QMAX, dtype=torch.float32)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(xd / scale.unsqueeze(-1)).clamp(-DYNAMIC_QMAX, DYNAMIC_QMAX).to(torch.int8)
+    q = torch.round(xf / scale.unsqueeze(-1)).clamp(-DYNAMIC_QMAX, DYNAMIC_QMAX).to(torch.int8)
     return q, scale

@@ -1,0 +1,243 @@
+"""Quantize a local model with the real msmodelslim tool, in its own virtualenv, with caching.
+
+msmodelslim (PyPI ``msmodelslim==26.1.0``) runs on CPU with ``--device cpu``.
+It pins no torch/transformers and some of its paths need older transformers
+than vLLM's, so it runs in a separate virtualenv that this module creates on
+first use (``<cache>/venvs/msmodelslim-26.1.0-tf<version>``) with the same torch
+version as the running process. Set ``VLLM_MODELSLIM_MSMODELSLIM_PYTHON`` to use
+an existing interpreter that has msmodelslim instead.
+
+Each recipe pairs one of the project's msmodelslim configs
+(``examples/configs/*.yaml``, msmodelslim's own format) with the model dtype
+it needs; the calibration text is written by this project (docstrings of the
+standard library), never taken from a hub. Outputs are cached under
+``<cache>/checkpoints/<recipe>-<key>`` and reused while the model and config
+are unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from vllm_modelslim.format.description import load_description
+
+MSMODELSLIM_VERSION = "26.1.0"
+DEFAULT_TRANSFORMERS = "5.19.0"
+PYTHON_OVERRIDE_ENV = "VLLM_MODELSLIM_MSMODELSLIM_PYTHON"
+CACHE_ENV = "VLLM_MODELSLIM_CACHE"
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """One way of quantizing the demo model with msmodelslim.
+
+    Attributes:
+        name: short name, also the cache folder prefix.
+        config: file name in ``examples/configs``.
+        quant_types: quant types the description must contain afterwards
+            (msmodelslim can "succeed" while leaving every layer FLOAT).
+        model_dtype: dtype of the model copy handed to msmodelslim (its GPTQ
+            and iter_smooth paths fail on bf16 models).
+        msmodelslim_model_type: ``--model_type`` (selects msmodelslim's adapter).
+        transformers: transformers version of the msmodelslim virtualenv.
+        seconds: rough wall time on 2 CPU cores (for progress messages).
+    """
+
+    name: str
+    config: str
+    quant_types: tuple[str, ...]
+    model_dtype: str = "bfloat16"
+    msmodelslim_model_type: str = "Qwen3-8B"
+    transformers: str = DEFAULT_TRANSFORMERS
+    seconds: int = 15
+
+
+RECIPES: dict[str, QuantRecipe] = {
+    r.name: r
+    for r in (
+        QuantRecipe("w8a8_dynamic", "w8a8_dynamic.yaml", ("W8A8_DYNAMIC",)),
+        QuantRecipe("w8a8_static", "w8a8_static.yaml", ("W8A8",), seconds=30),
+        QuantRecipe("w8a16", "w8a16.yaml", ("W8A16",)),
+        QuantRecipe("w8a16_asym", "w8a16_asym.yaml", ("W8A16",), model_dtype="float32", seconds=20),
+    )
+}
+"""Recipes by name. All of them are fast (seconds) on the demo model."""
+
+
+def cache_dir() -> Path:
+    """Root of the project's cache (``$VLLM_MODELSLIM_CACHE`` or ``~/.cache/vllm-modelslim``)."""
+    root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vllm-modelslim"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _runtime_torch_requirement() -> str:
+    import torch
+
+    return f"torch=={torch.__version__.split('+')[0]}"
+
+
+def msmodelslim_python(transformers: str = DEFAULT_TRANSFORMERS, log=print) -> Path:
+    """Interpreter of a virtualenv with msmodelslim, creating the virtualenv if needed.
+
+    Args:
+        transformers: transformers version to install next to msmodelslim.
+        log: callback for one-line progress messages.
+
+    Raises:
+        RuntimeError: creating the virtualenv or installing into it failed.
+    """
+    override = os.environ.get(PYTHON_OVERRIDE_ENV)
+    if override:
+        return Path(override)
+    venv = cache_dir() / "venvs" / f"msmodelslim-{MSMODELSLIM_VERSION}-tf{transformers}"
+    python = venv / "bin" / "python"
+    marker = venv / ".installed"
+    if python.exists() and marker.exists():
+        return python
+    log(f"creating the msmodelslim virtualenv {venv} (one-time, about a minute)")
+    shutil.rmtree(venv, ignore_errors=True)
+    _run([sys.executable, "-m", "venv", str(venv)], "create the msmodelslim virtualenv")
+    pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    _run([*pip, _runtime_torch_requirement()], "install torch into the msmodelslim virtualenv")
+    _run(
+        [*pip, f"msmodelslim=={MSMODELSLIM_VERSION}", f"transformers=={transformers}"],
+        "install msmodelslim into its virtualenv",
+    )
+    marker.write_text(f"msmodelslim=={MSMODELSLIM_VERSION}\ntransformers=={transformers}\n")
+    return python
+
+
+def _run(cmd: list[str], what: str, cwd: Path | None = None, log_file: Path | None = None) -> None:
+    """Run ``cmd``; on failure raise RuntimeError with the end of its output."""
+    if log_file is None:
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        output = (result.stdout or "") + (result.stderr or "")
+    else:
+        with open(log_file, "w") as out:
+            result = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        output = log_file.read_text(errors="replace")
+    if result.returncode != 0:
+        raise RuntimeError(f"failed to {what} (exit code {result.returncode}):\n{output[-4000:]}")
+
+
+def write_calibration_file(path: Path, samples: int = 32, max_chars: int = 600) -> Path:
+    """Write msmodelslim calibration text (``{"inputs_pretokenized": ...}`` per line).
+
+    The text is the first paragraphs of standard-library docstrings: English
+    prose that every machine has, chosen deterministically.
+    """
+    from vllm_modelslim.examples.tiny_qwen3 import corpus_texts
+
+    texts = [t for t in corpus_texts(min_chars=200) if t.isascii()]
+    step = max(1, len(texts) // samples)
+    chosen = [texts[i][:max_chars] for i in range(0, step * samples, step)][:samples]
+    path.write_text("".join(json.dumps({"inputs_pretokenized": t}) + "\n" for t in chosen))
+    return path
+
+
+def config_text(recipe: QuantRecipe, dataset: Path) -> str:
+    """The recipe's msmodelslim YAML with ``spec.dataset`` pointing at ``dataset``."""
+    raw = resources.files("vllm_modelslim.examples").joinpath("configs").joinpath(recipe.config).read_text()
+    config = yaml.safe_load(raw)
+    config["spec"]["dataset"] = str(dataset)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def _model_key(model_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(p.name for p in model_dir.iterdir() if p.is_file()):
+        digest.update(name.encode())
+        digest.update(str((model_dir / name).stat().st_size).encode())
+    spec = model_dir / "tiny_qwen3_spec.json"
+    if spec.exists():
+        digest.update(spec.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def _model_copy(model_dir: Path, dtype: str, work: Path) -> Path:
+    if dtype == "bfloat16":
+        return model_dir
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    target = work / f"model-{dtype}"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=getattr(torch, dtype))
+    model.save_pretrained(str(target))
+    for path in model_dir.iterdir():
+        if path.is_file() and not (target / path.name).exists() and path.suffix != ".safetensors":
+            shutil.copy(path, target / path.name)
+    return target
+
+
+def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force: bool = False) -> Path:
+    """Quantize ``model_dir`` with msmodelslim according to ``recipe``; cached.
+
+    Args:
+        model_dir: a local Hugging Face checkpoint with tokenizer files.
+        recipe: a :data:`RECIPES` name or a :class:`QuantRecipe`.
+        log: callback for one-line progress messages.
+        force: re-run even if a cached result exists.
+
+    Returns:
+        The folder msmodelslim wrote (description, weights, config, tokenizer).
+
+    Raises:
+        RuntimeError: msmodelslim failed (the message has the end of its log), or
+            its output lacks the expected quant types.
+    """
+    recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
+    model_dir = Path(model_dir)
+    config_digest = hashlib.sha256(
+        resources.files("vllm_modelslim.examples").joinpath("configs").joinpath(recipe.config).read_bytes()
+    ).hexdigest()[:8]
+    out = cache_dir() / "checkpoints" / f"{recipe.name}-{_model_key(model_dir)}-{config_digest}"
+    if (out / ".complete").exists() and not force:
+        return out
+    python = msmodelslim_python(recipe.transformers, log)
+    log(f"quantizing {model_dir.name} with msmodelslim ({recipe.name}, ~{recipe.seconds} s)")
+    with tempfile.TemporaryDirectory(prefix="msmodelslim-") as tmp:
+        work = Path(tmp)
+        dataset = write_calibration_file(work / "calib.jsonl")
+        config = work / "config.yaml"
+        config.write_text(config_text(recipe, dataset))
+        source = _model_copy(model_dir, recipe.model_dtype, work)
+        partial = out.with_name(out.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        cli = Path(python).with_name("msmodelslim")
+        command = [str(cli)] if cli.exists() else [str(python), "-m", "msmodelslim"]
+        command += [
+            "quant",
+            "--model_type", recipe.msmodelslim_model_type,
+            "--model_path", str(source),
+            "--save_path", str(partial),
+            "--device", "cpu",
+            "--config_path", str(config),
+        ]  # fmt: skip
+        env_log = work / "msmodelslim.log"
+        # msmodelslim writes scratch files (features.npy) into the working directory.
+        _run(command, f"quantize with msmodelslim ({recipe.name})", cwd=work, log_file=env_log)
+        shutil.copy(env_log, partial / "msmodelslim.log")
+    description = load_description(partial)
+    missing = set(recipe.quant_types) - description.quant_types()
+    if missing:
+        raise RuntimeError(
+            f"msmodelslim finished but {partial} has no {sorted(missing)} layers "
+            f"(found {sorted(description.quant_types())}); see msmodelslim.log there"
+        )
+    shutil.rmtree(out, ignore_errors=True)
+    partial.rename(out)
+    (out / ".complete").write_text(recipe.name + "\n")
+    return out

@@ -1,0 +1,95 @@
+"""Small helpers to run a checkpoint through vLLM's offline ``LLM`` API on CPU.
+
+Defaults suit the demo model on a small CPU host: eager mode, an explicit KV
+cache size (vLLM-CPU otherwise reserves a fraction of host RAM), short
+context, fixed seed.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_KV_CACHE_BYTES = 256 * 2**20
+
+
+@dataclass
+class Generation:
+    """One greedy generation: prompt ids, generated ids and their log-probabilities."""
+
+    prompt_ids: list[int]
+    token_ids: list[int]
+    logprobs: list[float]
+    text: str
+
+
+def make_llm(
+    model: str | Path,
+    quantization: str | None = "ascend",
+    dtype: str = "bfloat16",
+    max_model_len: int = 512,
+    **overrides: Any,
+):
+    """A ``vllm.LLM`` for ``model`` with CPU-friendly defaults.
+
+    Args:
+        model: checkpoint folder.
+        quantization: ``"ascend"`` for ModelSlim checkpoints, None for float models.
+        dtype: activation dtype (``"bfloat16"``, ``"float16"``, ``"float32"``).
+        max_model_len: context length (small keeps the KV cache small).
+        overrides: any other ``LLM``/``EngineArgs`` keyword.
+    """
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=str(model),
+        quantization=quantization,
+        dtype=dtype,
+        enforce_eager=True,
+        kv_cache_memory_bytes=DEFAULT_KV_CACHE_BYTES,
+        max_model_len=max_model_len,
+        max_num_seqs=16,
+        seed=0,
+    )
+    kwargs.update(overrides)
+    return LLM(**kwargs)
+
+
+def close_llm(llm) -> None:
+    """Drop an ``LLM`` and collect it, so that the next one can start in this process."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del llm
+    gc.collect()
+
+
+def greedy_generate(llm, prompts: list[list[int]], max_tokens: int) -> list[Generation]:
+    """Greedy continuations of token-id prompts, with each chosen token's log-probability."""
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=1, ignore_eos=True)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+    generations = []
+    for prompt, output in zip(prompts, outputs, strict=True):
+        completion = output.outputs[0]
+        ids = list(completion.token_ids)
+        logprobs = [float(step[token].logprob) for token, step in zip(ids, completion.logprobs, strict=True)]
+        generations.append(Generation(list(prompt), ids, logprobs, completion.text))
+    return generations
+
+
+def prompt_top1(llm, sequences: list[list[int]]) -> list[list[int]]:
+    """For each sequence, vLLM's top-1 prediction at positions 1..T-1 (teacher forcing)."""
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+    result = []
+    for output in outputs:
+        steps = output.prompt_logprobs[1:]
+        result.append([max(step.items(), key=lambda kv: kv[1].logprob)[0] for step in steps])
+    return result

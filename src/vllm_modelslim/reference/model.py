@@ -1,0 +1,113 @@
+"""Reference forward of a (ModelSlim-quantized) checkpoint: Hugging Face model + reference linears.
+
+The model architecture comes from ``transformers`` (the checkpoint's
+``config.json``), runs in float32, and every linear layer the description
+quantizes is replaced by :class:`ReferenceQuantizedLinear`. It has no KV cache
+tricks, no batching and no fused kernels: slow, simple, and independent of
+vLLM, which makes it the oracle for the end-to-end tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from vllm_modelslim.format.description import (
+    FLOAT,
+    QuantDescription,
+    find_description_file,
+    parse_description_file,
+)
+from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
+
+
+@dataclass
+class GreedyResult:
+    """Greedy continuation: token ids and the log-probability of each chosen token."""
+
+    token_ids: list[int]
+    logprobs: list[float]
+
+
+class ReferenceModel:
+    """Pure-torch forward of the checkpoint in ``model_dir``.
+
+    Args:
+        model_dir: a ModelSlim output folder, or a plain Hugging Face checkpoint
+            (then nothing is quantized).
+        dtype: compute dtype outside the quantized linears (float32 default).
+
+    Raises:
+        ValueError: checkpoint tensors that the model does not consume, or
+            model parameters that the checkpoint does not provide.
+    """
+
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        model_dir = Path(model_dir)
+        config = AutoConfig.from_pretrained(str(model_dir))
+        self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        self.dtype = dtype
+        tensors: dict[str, torch.Tensor] = {}
+        for path in sorted(model_dir.glob("*.safetensors")):
+            tensors.update(load_file(str(path)))
+        self.description = self._description(model_dir)
+        self.quantized_layers = self._replace_quantized_linears(tensors)
+        remaining = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+        missing, unexpected = self.model.load_state_dict(remaining, strict=False)
+        missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+        if missing or unexpected:
+            raise ValueError(f"checkpoint/model mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    @staticmethod
+    def _description(model_dir: Path) -> QuantDescription | None:
+        if not any(model_dir.glob("quant_model_description*.json")):
+            return None
+        return parse_description_file(find_description_file(model_dir))
+
+    def _replace_quantized_linears(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+        replaced: dict[str, str] = {}
+        if self.description is None:
+            return replaced
+        for name, module in list(self.model.named_modules()):
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            quant_type = self.description.quant_type(f"{name}.weight")
+            if quant_type in (None, FLOAT):
+                continue
+            prefix = f"{name}."
+            layer_tensors = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+            bias = layer_tensors.pop("bias", None)
+            parent_name, _, child = name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            setattr(parent, child, ReferenceQuantizedLinear(quant_type, layer_tensors, bias))
+            replaced[name] = quant_type
+        return replaced
+
+    @torch.no_grad()
+    def logits(self, token_ids: list[int]) -> torch.Tensor:
+        """float32 logits ``[T, vocab]`` for one sequence."""
+        ids = torch.tensor([token_ids], dtype=torch.long)
+        return self.model(input_ids=ids).logits[0].float()
+
+    @torch.no_grad()
+    def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> GreedyResult:
+        """Greedy decoding by full recomputation (no KV cache)."""
+        ids = list(prompt_ids)
+        out = GreedyResult([], [])
+        for _ in range(max_new_tokens):
+            logprobs = torch.log_softmax(self.logits(ids)[-1].double(), dim=-1)
+            token = int(torch.argmax(logprobs))
+            out.token_ids.append(token)
+            out.logprobs.append(float(logprobs[token]))
+            ids.append(token)
+        return out
+
+    @torch.no_grad()
+    def token_logprobs(self, token_ids: list[int]) -> torch.Tensor:
+        """Log-softmax ``[T-1, vocab]`` (float64) of positions 1.. given their prefixes."""
+        return torch.log_softmax(self.logits(token_ids)[:-1].double(), dim=-1)

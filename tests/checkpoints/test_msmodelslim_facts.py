@@ -1,0 +1,73 @@
+"""Facts about tool-made msmodelslim 26.1.0 checkpoints that our schemes rely on (spec ERRATA)."""
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vllm_modelslim.format import CheckpointIndex, load_description
+from vllm_modelslim.kernels import dequantize_int8_weight
+from vllm_modelslim.schemes import get_scheme_class
+
+LAYER = "model.layers.1.mlp.down_proj"
+
+
+def tensors(folder):
+    out = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        out.update(load_file(str(path)))
+    return out
+
+
+def relative_error(a, b):
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def test_asymmetric_w8a16_offset_is_a_zero_point_to_subtract(quantized, demo_model):
+    ckpt = tensors(quantized("w8a16_asym"))
+    original = tensors(demo_model)[f"{LAYER}.weight"]
+    q, scale, offset = (ckpt[f"{LAYER}.{s}"] for s in ("weight", "weight_scale", "weight_offset"))
+    assert bool((offset != 0).any()), "the asymmetric recipe must produce non-zero offsets"
+    minus = dequantize_int8_weight(q, scale.reshape(-1), offset.reshape(-1))
+    plus = dequantize_int8_weight(q, scale.reshape(-1), -offset.reshape(-1))
+    err_minus, err_plus = relative_error(minus, original), relative_error(plus, original)
+    print(f"\nW8A16 asym dequantization error: (q - offset)*s {err_minus:.2%}, (q + offset)*s {err_plus:.2%}")
+    assert err_minus < 0.03
+    assert err_plus > 0.3
+
+
+def test_static_w8a8_quant_bias_folds_the_input_offset(quantized):
+    ckpt = tensors(quantized("w8a8_static"))
+    desc = load_description(quantized("w8a8_static"))
+    checked = 0
+    for prefix, quant_type in desc.weight_entries():
+        if quant_type != "W8A8":
+            continue
+        weight = ckpt[f"{prefix}.weight"].to(torch.int64)
+        offset = ckpt[f"{prefix}.input_offset"]
+        expected = -offset.to(torch.int64) * weight.sum(dim=1)  # Qwen3 has no linear bias
+        assert torch.equal(ckpt[f"{prefix}.quant_bias"].to(torch.int64), expected), prefix
+        assert ckpt[f"{prefix}.deq_scale"].dtype == torch.float32
+        assert f"{prefix}.weight_scale" not in ckpt  # ERRATA 2
+        checked += 1
+    assert checked == 14
+    offsets = {ckpt[f"{p}.input_offset"].item() for p, t in desc.weight_entries() if t == "W8A8"}
+    assert offsets != {0.0}, "calibration should give some non-zero activation offsets"
+
+
+@pytest.mark.parametrize("recipe", ["w8a8_dynamic", "w8a8_static", "w8a16", "w8a16_asym"])
+def test_every_layer_passes_header_validation(quantized, recipe):
+    from vllm_modelslim.format.tensor_spec import validate_layer_tensors
+
+    folder = quantized(recipe)
+    desc = load_description(folder)
+    index = CheckpointIndex.scan(folder)
+    assert index.modelslim_weight_files(), "msmodelslim weight file names"
+    shapes = {"q_proj": 256, "k_proj": 128, "v_proj": 128, "o_proj": 256, "gate_proj": 768, "up_proj": 768}
+    for prefix, quant_type in desc.weight_entries():
+        if quant_type == "FLOAT":
+            continue
+        name = prefix.rsplit(".", 1)[-1]
+        n, k = (256, 768) if name == "down_proj" else (shapes[name], 256)
+        scheme = get_scheme_class(quant_type, "linear")
+        validate_layer_tensors(index, prefix, quant_type, (prefix,), [n], k, scheme.checkpoint_tensors())
+    assert desc.quant_type("lm_head.weight") == "FLOAT"

@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from vllm_modelslim.kernels.scaled_int8_mm import (
+    SCALED_INT8_MM_KERNELS,
+    ReferenceScaledInt8MM,
+    ScaledInt8MMConfig,
+    TorchIntMMScaledInt8MM,
+    make_scaled_int8_mm,
+    scaled_int8_mm_reference,
+)
+
+CPU_KERNELS = [k for k in SCALED_INT8_MM_KERNELS if k.is_supported("cpu")[0]]
+SHAPES = [(1, 13, 7), (1, 250, 70), (5, 250, 70), (17, 256, 64), (64, 1000, 24)]
+
+
+def random_case(m, k, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
+    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    x_scale = torch.rand(m, generator=g) * 0.1 + 1e-3
+    w_scale = torch.rand(n, generator=g) * 0.01 + 1e-4
+    int_bias = torch.randint(-(2**20), 2**20, (n,), dtype=torch.int32, generator=g)
+    bias = torch.randn(n, generator=g)
+    return x_q, w_q, x_scale, w_scale, int_bias, bias
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+@pytest.mark.parametrize("per_token", [True, False])
+def test_matches_float64_reference(kernel, m, k, n, per_token):
+    x_q, w_q, x_scale, w_scale, int_bias, bias = random_case(m, k, n)
+    x_scale = x_scale if per_token else None
+    mm = make_scaled_int8_mm(w_q, w_scale, int_bias, kernel=kernel)
+    got = mm(x_q, x_scale, bias, torch.float32)
+    want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias)
+    assert got.shape == (m, n) and got.dtype == torch.float32
+    # Exact int32 accumulation; only the fp32 epilogue rounds.
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS, ids=lambda k: k.name)
+def test_accumulation_is_exact_at_int8_limits(kernel):
+    k = 1000
+    x_q = torch.full((3, k), -128, dtype=torch.int8)
+    x_q[1] = 127
+    w_q = torch.full((5, k), -128, dtype=torch.int8)
+    mm = make_scaled_int8_mm(w_q, torch.ones(5), kernel=kernel)
+    got = mm(x_q, None, None, torch.float64)
+    assert got[0, 0].item() == 128 * 128 * k
+    assert got[1, 0].item() == -127 * 128 * k
+
+
+@pytest.mark.parametrize("kernel", CPU_KERNELS, ids=lambda k: k.name)
+@pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_outputs_round_once(kernel, out_dtype):
+    x_q, w_q, x_scale, w_scale, int_bias, bias = random_case(9, 256, 32, seed=3)
+    mm = make_scaled_int8_mm(w_q, w_scale, int_bias, kernel=kernel)
+    got = mm(x_q, x_scale, bias.to(out_dtype), out_dtype)
+    want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias.to(out_dtype))
+    assert got.dtype == out_dtype
+    # One rounding to the output dtype: at most one ulp away from the exact value.
+    ulp = torch.finfo(out_dtype).eps * want.abs().clamp(min=torch.finfo(out_dtype).tiny)
+    assert bool(((got.double() - want).abs() <= ulp).all())
+
+
+def test_int_mm_refuses_k_of_one_and_selection_falls_back():
+    ok, why = TorchIntMMScaledInt8MM.can_implement(ScaledInt8MMConfig(1, 5))
+    assert not ok and "K = 1" in why
+    mm = make_scaled_int8_mm(torch.ones(5, 1, dtype=torch.int8), torch.ones(5))
+    assert isinstance(mm, ReferenceScaledInt8MM)
+    assert mm(torch.full((2, 1), 3, dtype=torch.int8), None, None, torch.float32).tolist() == [[3.0] * 5] * 2
+
+
+def test_forced_kernel_that_cannot_run_is_refused():
+    with pytest.raises(RuntimeError, match="torch_int_mm"):
+        make_scaled_int8_mm(torch.ones(5, 1, dtype=torch.int8), torch.ones(5), kernel=TorchIntMMScaledInt8MM)
+
+
+def test_fast_kernel_is_selected_on_cpu():
+    x_q, w_q, *_ = random_case(2, 64, 16)
+    assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16)), TorchIntMMScaledInt8MM)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_cuda_int_mm_matches_reference(m):
+    x_q, w_q, x_scale, w_scale, int_bias, bias = random_case(m, 256, 64)
+    mm = make_scaled_int8_mm(w_q.cuda(), w_scale.cuda(), int_bias.cuda())
+    got = mm(x_q.cuda(), x_scale.cuda(), bias.cuda(), torch.float32).cpu()
+    want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias)
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
