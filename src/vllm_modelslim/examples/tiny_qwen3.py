@@ -304,3 +304,25 @@ def cached_tiny_qwen3(
         say(f"building the demo model into {folder}")
         build_tiny_qwen3(folder, spec, progress)
     return folder
+
+
+HELD_OUT_MODULES: tuple[str, ...] = (
+    "glob", "fnmatch", "uuid", "gzip", "operator", "weakref", "getpass", "netrc", "ssl",
+    "ipaddress", "shelve", "filecmp", "linecache", "numbers", "reprlib", "zlib",
+    "tokenize", "stat", "quopri", "graphlib", "zipimport", "compileall", "pkgutil",
+    "runpy", "site", "sysconfig", "traceback", "warnings", "webbrowser", "xdrlib",
+)  # fmt: skip
+"""Modules whose docstrings the demo model never trained on (evaluation text)."""
+
+
+def held_out_texts(count: int = 8, min_chars: int = 150) -> list[str]:
+    """Module docstrings from :data:`HELD_OUT_MODULES` (held-out English text), in order."""
+    texts = []
+    for module_name in HELD_OUT_MODULES:
+        try:
+            doc = inspect.getdoc(importlib.import_module(module_name))
+        except ImportError:
+            continue
+        if doc and len(doc) >= min_chars:
+            texts.append(doc)
+    return texts[:count]
