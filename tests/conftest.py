@@ -1,7 +1,7 @@
 """Shared fixtures: the demo model and its msmodelslim checkpoints (built once, cached).
 
 The demo model and the msmodelslim outputs are cached under
-``$VLLM_MODELSLIM_CACHE`` (default ``~/.cache/vllm-modelslim``); the first run
+``$MODELSLIM_CACHE_DIR`` (default ``~/.cache/vllm-modelslim``); the first run
 builds them (about two minutes of training plus seconds per msmodelslim
 recipe and a one-time virtualenv for msmodelslim).
 """

@@ -4,7 +4,7 @@ msmodelslim (PyPI ``msmodelslim==26.1.0``) runs on CPU with ``--device cpu``.
 It pins no torch/transformers and some of its paths need older transformers
 than vLLM's, so it runs in a separate virtualenv that this module creates on
 first use (``<cache>/venvs/msmodelslim-26.1.0-tf<version>``) with the same torch
-version as the running process. Set ``VLLM_MODELSLIM_MSMODELSLIM_PYTHON`` to use
+version as the running process. Set ``MODELSLIM_PYTHON`` to use
 an existing interpreter that has msmodelslim instead.
 
 Each recipe pairs one of the project's msmodelslim configs
@@ -34,8 +34,8 @@ from vllm_modelslim.format.description import load_description
 
 MSMODELSLIM_VERSION = "26.1.0"
 DEFAULT_TRANSFORMERS = "5.19.0"
-PYTHON_OVERRIDE_ENV = "VLLM_MODELSLIM_MSMODELSLIM_PYTHON"
-CACHE_ENV = "VLLM_MODELSLIM_CACHE"
+PYTHON_OVERRIDE_ENV = "MODELSLIM_PYTHON"
+CACHE_ENV = "MODELSLIM_CACHE_DIR"
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,7 @@ RECIPES: dict[str, QuantRecipe] = {
 
 
 def cache_dir() -> Path:
-    """Root of the project's cache (``$VLLM_MODELSLIM_CACHE`` or ``~/.cache/vllm-modelslim``)."""
+    """Root of the project's cache (``$MODELSLIM_CACHE_DIR`` or ``~/.cache/vllm-modelslim``)."""
     root = os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vllm-modelslim"
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
