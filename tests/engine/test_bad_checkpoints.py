@@ -112,6 +112,8 @@ CASES = [
     ("quantized-embedding", "w8a8_dynamic",
      edit_description(set_entry("model.embed_tokens.weight", "W8A8_DYNAMIC")),
      UnknownQuantTypeError, DESCRIPTION, "model.embed_tokens"),
+    ("quantized-lm-head", "w8a16", edit_description(set_entry("lm_head.weight", "W8A16")),
+     UnknownQuantTypeError, DESCRIPTION, "lm_head"),
     ("c8-not-supported-yet", "w8a8_dynamic", edit_description(set_entry("kv_cache_type", "C8")),
      UnknownQuantTypeError, DESCRIPTION, None),
     ("scale-wrong-shape", "w8a8_dynamic",

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from vllm.logger import init_logger
+from vllm.model_executor.layers.fused_moe import RoutedExperts
 from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import (
@@ -25,7 +26,6 @@ from vllm.model_executor.layers.quantization.base_config import (
     QuantizeMethodBase,
 )
 from vllm.model_executor.layers.vocab_parallel_embedding import (
-    ParallelLMHead,
     VocabParallelEmbedding,
 )
 
@@ -129,12 +129,13 @@ class AscendModelSlimConfig(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         """The method for ``layer``; raises a ModelSlimFormatError for bad descriptions."""
         if isinstance(layer, LinearBase):
-            return self._linear_method(layer, prefix, required=True) or UnquantizedLinearMethod()
-        if isinstance(layer, ParallelLMHead):
-            return self._linear_method(layer, prefix, required=False)
-        if isinstance(layer, VocabParallelEmbedding):
-            self._reject_quantized_embedding(prefix)
-            return None
+            return self._linear_method(prefix) or UnquantizedLinearMethod()
+        if isinstance(layer, VocabParallelEmbedding):  # also ParallelLMHead
+            self._reject_quantized(prefix, "a quantized embedding or lm_head", required=False)
+            return None  # vLLM's unquantized embedding
+        if isinstance(layer, RoutedExperts):
+            self._reject_quantized(prefix, "quantized MoE experts", required=True)
+            return None  # vLLM's unquantized fused MoE
         return None
 
     # --- helpers -------------------------------------------------------------
@@ -147,12 +148,10 @@ class AscendModelSlimConfig(QuantizationConfig):
             )
         return self.description
 
-    def _linear_method(
-        self, layer: torch.nn.Module, prefix: str, *, required: bool
-    ) -> QuantizeMethodBase | None:
+    def _linear_method(self, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
         mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
-        layer_quant = resolve_layer(description, prefix, mapping, required=required)
+        layer_quant = resolve_layer(description, prefix, mapping)
         if layer_quant is None or layer_quant.is_float:
             return None
         scheme_cls = get_scheme_class(layer_quant.quant_type, "linear")
@@ -172,12 +171,14 @@ class AscendModelSlimConfig(QuantizationConfig):
         )
         return ModelSlimLinearMethod(scheme_cls(context))
 
-    def _reject_quantized_embedding(self, prefix: str) -> None:
+    def _reject_quantized(self, prefix: str, what: str, *, required: bool) -> None:
+        """Raise if the description quantizes a layer kind that has no scheme yet."""
         description = self._require_description()
-        quant_type = description.quant_type(f"{prefix}.weight")
-        if quant_type not in (None, "FLOAT"):
+        mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
+        layer_quant = resolve_layer(description, prefix, mapping, required=required)
+        if layer_quant is not None and not layer_quant.is_float:
             raise UnknownQuantTypeError(
-                f"a quantized input embedding ({quant_type}) is not supported; only lm_head may be quantized",
+                f"{what} ({layer_quant.quant_type}) is not supported yet; the layer must be FLOAT",
                 file=description.source,
                 layer=prefix,
             )

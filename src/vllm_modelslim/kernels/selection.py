@@ -7,30 +7,9 @@ math (the two-question interface of vLLM's ``scaled_mm`` kernels).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
-import torch
-
-
-class QuantKernel(torch.nn.Module):
-    """Base of every kernel: a module holding its own weight layout as buffers.
-
-    Subclasses answer two questions at selection time and own two steps:
-    ``__init__`` turns canonical tensors (what a scheme extracted from the
-    checkpoint) into this kernel's layout, once; ``forward`` runs it.
-    """
-
-    name: ClassVar[str] = "kernel"
-
-    @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        """Whether this kernel runs on ``device_type`` ("cpu", "cuda", ...) at all."""
-        return True, None
-
-    @classmethod
-    def can_implement(cls, config: Any) -> tuple[bool, str | None]:
-        """Whether this kernel computes the math described by ``config``."""
-        return True, None
+from vllm_modelslim.kernels.base import QuantKernel
 
 
 class _Config(Protocol):
@@ -56,9 +35,3 @@ def choose_kernel(candidates: Sequence[K], config: _Config) -> K:
             return kernel
         reasons.append(f"{kernel.name}: {why}")
     raise RuntimeError(f"no kernel can implement {config}: " + "; ".join(reasons))
-
-
-def register_buffers(module: torch.nn.Module, **tensors: torch.Tensor | None) -> None:
-    """Register each tensor as a non-persistent buffer (None values are kept as None)."""
-    for name, tensor in tensors.items():
-        module.register_buffer(name, tensor, persistent=False)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_modelslim.kernels.selection import QuantKernel, register_buffers
+from vllm_modelslim.kernels.base import Int8WeightKernel, channel_vector, register_buffers
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class ScaledInt8MMConfig:
     device_type: str = "cpu"
 
 
-class ScaledInt8MMKernel(QuantKernel):
+class ScaledInt8MMKernel(Int8WeightKernel):
     """Holds ``w_q`` int8 ``[N, K]``, ``s_w`` float32 ``[N]`` and optional ``b_int`` int32 ``[N]``.
 
     ``forward(x_q, x_scale, bias, out_dtype)`` takes ``x_q`` int8 ``[M, K]``,
@@ -50,14 +50,8 @@ class ScaledInt8MMKernel(QuantKernel):
         weight_scale: torch.Tensor,
         int_bias: torch.Tensor | None = None,
     ):
-        super().__init__()
-        self.config = config
-        register_buffers(
-            self,
-            weight=weight.to(torch.int8).contiguous(),
-            weight_scale=weight_scale.to(torch.float32).reshape(-1).contiguous(),
-            int_bias=None if int_bias is None else int_bias.to(torch.int32).reshape(-1).contiguous(),
-        )
+        super().__init__(config, weight, weight_scale)
+        register_buffers(self, int_bias=channel_vector(int_bias, torch.int32))
 
     def epilogue(
         self,

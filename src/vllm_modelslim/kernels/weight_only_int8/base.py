@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vllm_modelslim.kernels.selection import QuantKernel, register_buffers
+from vllm_modelslim.kernels.base import Int8WeightKernel, channel_vector, register_buffers
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class WeightOnlyInt8Config:
     device_type: str = "cpu"
 
 
-class WeightOnlyInt8Kernel(QuantKernel):
+class WeightOnlyInt8Kernel(Int8WeightKernel):
     """Holds ``w_q`` int8 ``[N, K]``, ``s`` float32 ``[N]`` and ``z`` float32 ``[N]`` (or None).
 
     ``forward(x, bias)`` takes ``x`` ``[M, K]`` in ``act_dtype`` and ``bias``
@@ -48,11 +48,5 @@ class WeightOnlyInt8Kernel(QuantKernel):
         weight_scale: torch.Tensor,
         zero_point: torch.Tensor | None,
     ):
-        super().__init__()
-        self.config = config
-        register_buffers(
-            self,
-            weight=weight.to(torch.int8).contiguous(),
-            weight_scale=weight_scale.to(torch.float32).reshape(-1).contiguous(),
-            zero_point=None if zero_point is None else zero_point.to(torch.float32).reshape(-1).contiguous(),
-        )
+        super().__init__(config, weight, weight_scale)
+        register_buffers(self, zero_point=channel_vector(zero_point, torch.float32))
