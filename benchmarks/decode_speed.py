@@ -2,8 +2,9 @@
 
     python benchmarks/decode_speed.py [--recipes w8a8_dynamic w8a8_static w8a16] [--new-tokens 128]
 
-One run starts, one after the other in this process, a vLLM engine for the
-unquantized demo model in bf16 and in fp32 and for each quantized checkpoint
+One run starts, one after the other in this process, a vLLM engine (vLLM's
+default torch.compile mode, ``--eager`` for eager mode) for the unquantized
+demo model in bf16 and in fp32 and for each quantized checkpoint
 (``quantization="ascend"``, bf16 activations), and measures with greedy
 decoding and ``ignore_eos``:
 
@@ -12,8 +13,10 @@ decoding and ``ignore_eos``:
 
 Every figure is also printed as a ratio to the best unquantized run (bf16 or
 fp32) of the same phase, measured in the same run. The demo model is tiny
-(hidden 256), so per-token overheads dominate and the ratios say little about
-large models; ``benchmarks/kernels.py`` measures the GEMMs alone.
+(hidden 256), so per-op overheads dominate (in eager mode the quantized layers'
+extra small ops make decoding slower than bf16; compiled, inductor fuses
+them) and the ratios say little about large models; ``benchmarks/kernels.py``
+measures the GEMMs alone.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ def timed_generate(llm, prompts: list[list[int]], max_tokens: int) -> float:
 def measure(folder: Path, quantization: str | None, dtype: str, args) -> dict[str, float]:
     from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
 
-    llm = make_llm(folder, quantization, dtype=dtype, max_model_len=args.prompt_tokens + args.new_tokens + 8)
+    llm = make_llm(
+        folder,
+        quantization,
+        dtype=dtype,
+        max_model_len=args.prompt_tokens + args.new_tokens + 8,
+        enforce_eager=args.eager,
+    )
     prompt = [(7 * i) % 4000 + 10 for i in range(args.prompt_tokens)]
     short = [prompt[: 16 + b] for b in range(8)]
     result = {}
@@ -66,6 +75,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--eager", action="store_true", help="eager mode (default: vLLM's default torch.compile mode)"
+    )
     args = parser.parse_args()
 
     import torch

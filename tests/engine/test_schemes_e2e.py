@@ -1,6 +1,7 @@
 """Tool-made msmodelslim checkpoints served by a real vLLM engine with quantization="ascend".
 
-For each checkpoint and activation dtype one in-process engine is started and:
+For each checkpoint and activation dtype one in-process engine is started
+(eager, and for each scheme also vLLM's default torch.compile mode) and:
 
 * every linear layer of the model must run the plugin's scheme for its quant
   type (the description decides; lm_head stays unquantized);
@@ -34,7 +35,10 @@ RECIPES = {
     "w8a16": "W8A16",
     "w8a16_asym": "W8A16",
 }
-CASES = [(recipe, dtype) for recipe in RECIPES for dtype in ("float32", "bfloat16")]
+# (recipe, dtype, torch.compile): eager engines for every recipe and dtype, plus vLLM's
+# default compiled mode (inductor fuses the schemes' small ops) for each scheme in bf16.
+CASES = [(recipe, dtype, False) for recipe in RECIPES for dtype in ("float32", "bfloat16")]
+CASES += [(recipe, "bfloat16", True) for recipe in ("w8a8_dynamic", "w8a8_static", "w8a16_asym")]
 NEW_TOKENS = 32
 # float32: all schemes match the reference to ~1e-5, except that per-token dynamic
 # quantization turns fp32-level differences in its input into occasional rounding
@@ -55,12 +59,12 @@ def reference_for(folder) -> ReferenceModel:
     return _references[key]
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[f"{r}-{d}" for r, d in CASES])
+@pytest.fixture(scope="module", params=CASES, ids=[f"{r}-{d}{'-compiled' if c else ''}" for r, d, c in CASES])
 def engine(request, quantized):
-    recipe, dtype = request.param
+    recipe, dtype, compiled = request.param
     folder = quantized(recipe)
-    llm = make_llm(folder, "ascend", dtype=dtype)
-    yield recipe, dtype, folder, llm
+    llm = make_llm(folder, "ascend", dtype=dtype, enforce_eager=not compiled)
+    yield recipe, dtype, folder, llm, f"{recipe} {dtype}{' compiled' if compiled else ''}"
     close_llm(llm)
 
 
@@ -89,7 +93,7 @@ def describe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | None]]
 
 
 def test_every_linear_layer_runs_its_scheme(engine):
-    recipe, _, _, llm = engine
+    recipe, _, _, llm, _ = engine
     (table,) = llm.apply_model(describe_layers)
     quantized = {name: entry for name, entry in table.items() if not name.endswith("lm_head")}
     assert len(quantized) == 2 * 4  # qkv, o, gate_up, down per layer
@@ -100,7 +104,7 @@ def test_every_linear_layer_runs_its_scheme(engine):
 
 
 def test_greedy_tokens_match_reference(engine, prompts):
-    recipe, dtype, folder, llm = engine
+    recipe, dtype, folder, llm, label = engine
     reference = reference_for(folder)
     generations = greedy_generate(llm, prompts, NEW_TOKENS)
     identical = 0
@@ -119,7 +123,7 @@ def test_greedy_tokens_match_reference(engine, prompts):
             worst_gap = max(worst_gap, float(logprobs[step].max() - logprobs[step, token]))
             worst_logprob = max(worst_logprob, abs(float(logprobs[step, token]) - vllm_logprob))
     print(
-        f"\n{recipe} {dtype}: identical greedy sequences {identical}/{len(generations)}, "
+        f"\n{label}: identical greedy sequences {identical}/{len(generations)}, "
         f"max |logprob - reference| {worst_logprob:.2e}, max top-1 gap of vLLM's token {worst_gap:.3f}"
     )
     if dtype == "float32":
@@ -133,7 +137,7 @@ def test_greedy_tokens_match_reference(engine, prompts):
 
 
 def test_top1_agreement_with_unquantized_model(engine, demo_model, eval_sequences):
-    recipe, dtype, _, llm = engine
+    _, _, _, llm, label = engine
     float_model = reference_for(demo_model)
     predicted = prompt_top1(llm, eval_sequences)
     agree = total = 0
@@ -142,5 +146,5 @@ def test_top1_agreement_with_unquantized_model(engine, demo_model, eval_sequence
         agree += sum(a == b for a, b in zip(vllm_top1, float_top1, strict=True))
         total += len(float_top1)
     share = agree / total
-    print(f"\n{recipe} {dtype}: top-1 agreement with the unquantized model {agree}/{total} = {share:.1%}")
+    print(f"\n{label}: top-1 agreement with the unquantized model {agree}/{total} = {share:.1%}")
     assert share >= 0.9

@@ -310,7 +310,7 @@ HELD_OUT_MODULES: tuple[str, ...] = (
     "glob", "fnmatch", "uuid", "gzip", "operator", "weakref", "getpass", "netrc", "ssl",
     "ipaddress", "shelve", "filecmp", "linecache", "numbers", "reprlib", "zlib",
     "tokenize", "stat", "quopri", "graphlib", "zipimport", "compileall", "pkgutil",
-    "runpy", "site", "sysconfig", "traceback", "warnings", "webbrowser", "xdrlib",
+    "runpy", "site", "sysconfig", "traceback", "warnings", "webbrowser",
 )  # fmt: skip
 """Modules whose docstrings the demo model never trained on (evaluation text)."""
 
