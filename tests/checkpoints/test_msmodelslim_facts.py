@@ -54,7 +54,21 @@ def test_static_w8a8_quant_bias_folds_the_input_offset(quantized):
     assert offsets != {0.0}, "calibration should give some non-zero activation offsets"
 
 
-@pytest.mark.parametrize("recipe", ["w8a8_dynamic", "w8a8_static", "w8a16", "w8a16_asym"])
+def test_fp32_model_stores_deq_scale_as_int64_fp32_bits(quantized):
+    from vllm_modelslim.schemes.linear.checkpoint_tensors import fp32_from_int64_bits
+
+    from_fp32 = tensors(quantized("w8a8_static_fp32"))
+    from_bf16 = tensors(quantized("w8a8_static"))
+    for prefix in (LAYER, "model.layers.0.self_attn.q_proj"):
+        raw = from_fp32[f"{prefix}.deq_scale"]
+        assert raw.dtype == torch.int64
+        assert bool(((raw >> 32) == 0).all()), "fp32 bits in the low word, zero-extended"
+        decoded = fp32_from_int64_bits(raw)
+        # Same weights, calibrated from an fp32 instead of a bf16 model: the same scales to < 1.5%.
+        assert relative_error(decoded, from_bf16[f"{prefix}.deq_scale"]) < 0.015
+
+
+@pytest.mark.parametrize("recipe", ["w8a8_dynamic", "w8a8_static", "w8a8_static_fp32", "w8a16", "w8a16_asym"])
 def test_every_layer_passes_header_validation(quantized, recipe):
     from vllm_modelslim.format.tensor_spec import validate_layer_tensors
 

@@ -32,6 +32,7 @@ pytestmark = pytest.mark.engine
 RECIPES = {
     "w8a8_dynamic": "W8A8_DYNAMIC",
     "w8a8_static": "W8A8",
+    "w8a8_static_fp32": "W8A8",  # deq_scale stored as int64 fp32 bits
     "w8a16": "W8A16",
     "w8a16_asym": "W8A16",
 }

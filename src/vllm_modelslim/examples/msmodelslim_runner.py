@@ -68,6 +68,8 @@ RECIPES: dict[str, QuantRecipe] = {
     for r in (
         QuantRecipe("w8a8_dynamic", "w8a8_dynamic.yaml", ("W8A8_DYNAMIC",)),
         QuantRecipe("w8a8_static", "w8a8_static.yaml", ("W8A8",), seconds=30),
+        # From an fp32 model msmodelslim stores deq_scale as int64 fp32 bit patterns (ERRATA 2).
+        QuantRecipe("w8a8_static_fp32", "w8a8_static.yaml", ("W8A8",), model_dtype="float32", seconds=30),
         QuantRecipe("w8a16", "w8a16.yaml", ("W8A16",)),
         QuantRecipe("w8a16_asym", "w8a16_asym.yaml", ("W8A16",), model_dtype="float32", seconds=20),
     )
