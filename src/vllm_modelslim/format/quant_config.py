@@ -32,7 +32,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription, load_description
 from vllm_modelslim.format.errors import DescriptionFormatError, UnknownQuantTypeError
-from vllm_modelslim.format.layer_lookup import resolve_layer
+from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
 from vllm_modelslim.schemes import LayerContext, get_scheme_class, registered_quant_types
 from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
@@ -148,10 +148,13 @@ class AscendModelSlimConfig(QuantizationConfig):
             )
         return self.description
 
+    def _resolve(self, prefix: str, *, required: bool = True) -> LayerQuant | None:
+        mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
+        return resolve_layer(self._require_description(), prefix, mapping, required=required)
+
     def _linear_method(self, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
-        mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
-        layer_quant = resolve_layer(description, prefix, mapping)
+        layer_quant = self._resolve(prefix)
         if layer_quant is None or layer_quant.is_float:
             return None
         scheme_cls = get_scheme_class(layer_quant.quant_type, "linear")
@@ -173,13 +176,11 @@ class AscendModelSlimConfig(QuantizationConfig):
 
     def _reject_quantized(self, prefix: str, what: str, *, required: bool) -> None:
         """Raise if the description quantizes a layer kind that has no scheme yet."""
-        description = self._require_description()
-        mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
-        layer_quant = resolve_layer(description, prefix, mapping, required=required)
+        layer_quant = self._resolve(prefix, required=required)
         if layer_quant is not None and not layer_quant.is_float:
             raise UnknownQuantTypeError(
                 f"{what} ({layer_quant.quant_type}) is not supported yet; the layer must be FLOAT",
-                file=description.source,
+                file=self._require_description().source,
                 layer=prefix,
             )
 
