@@ -6,7 +6,7 @@ from safetensors.torch import load_file
 
 from vllm_modelslim.format import CheckpointIndex, load_description
 from vllm_modelslim.kernels import dequantize_int8_weight
-from vllm_modelslim.schemes import get_scheme_class
+from vllm_modelslim.schemes import LayerContext, get_scheme_class
 
 LAYER = "model.layers.1.mlp.down_proj"
 
@@ -82,6 +82,9 @@ def test_every_layer_passes_header_validation(quantized, recipe):
             continue
         name = prefix.rsplit(".", 1)[-1]
         n, k = (256, 768) if name == "down_proj" else (shapes[name], 256)
-        scheme = get_scheme_class(quant_type, "linear")
-        validate_layer_tensors(index, prefix, quant_type, (prefix,), [n], k, scheme.checkpoint_tensors())
+        context = LayerContext(prefix, quant_type, (prefix,), desc, index, name in ("o_proj", "down_proj"))
+        scheme = get_scheme_class(quant_type, "linear")(context)
+        validate_layer_tensors(
+            index, prefix, quant_type, (prefix,), [n], k, scheme.checkpoint_tensors(), scheme.group_size
+        )
     assert desc.quant_type("lm_head.weight") == "FLOAT"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from vllm.logger import init_logger
 from vllm.model_executor.layers.fused_moe import RoutedExperts
-from vllm.model_executor.layers.linear import LinearBase, UnquantizedLinearMethod
+from vllm.model_executor.layers.linear import LinearBase, RowParallelLinear, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization import register_quantization_config
 from vllm.model_executor.layers.quantization.base_config import (
     QuantizationConfig,
@@ -129,7 +129,7 @@ class AscendModelSlimConfig(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         """The method for ``layer``; raises a ModelSlimFormatError for bad descriptions."""
         if isinstance(layer, LinearBase):
-            return self._linear_method(prefix) or UnquantizedLinearMethod()
+            return self._linear_method(layer, prefix) or UnquantizedLinearMethod()
         if isinstance(layer, VocabParallelEmbedding):  # also ParallelLMHead
             self._reject_quantized(prefix, "a quantized embedding or lm_head", required=False)
             return None  # vLLM's unquantized embedding
@@ -152,7 +152,7 @@ class AscendModelSlimConfig(QuantizationConfig):
         mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
         return resolve_layer(self._require_description(), prefix, mapping, required=required)
 
-    def _linear_method(self, prefix: str) -> QuantizeMethodBase | None:
+    def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
         layer_quant = self._resolve(prefix)
         if layer_quant is None or layer_quant.is_float:
@@ -169,8 +169,9 @@ class AscendModelSlimConfig(QuantizationConfig):
             prefix=prefix,
             quant_type=layer_quant.quant_type,
             shard_prefixes=tuple(self._name_map.get(s, s) for s in layer_quant.shard_prefixes),
-            description_source=description.source,
+            description=description,
             checkpoint=self.checkpoint,
+            row_parallel=isinstance(layer, RowParallelLinear),
         )
         return ModelSlimLinearMethod(scheme_cls(context))
 

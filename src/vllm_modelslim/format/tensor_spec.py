@@ -2,11 +2,16 @@
 
 A scheme lists, for one shard of a linear layer (``q_proj``, ``o_proj``, ...),
 the tensors msmodelslim writes for it: suffix, accepted on-disk dtypes and a
-shape template in terms of the shard's output features ``N`` and input
-features ``K``. The same declaration drives two things: the vLLM parameters the
-scheme registers, and :func:`validate_layer_tensors`, which checks the
-checkpoint's safetensors headers against it while the model is being built, so
-that a wrong file fails before any weight is read or any compute runs.
+shape template. Template entries are literals or symbols of the shard:
+
+* ``"N"``: output features, ``"K"``: input features, ``"G"``: K-groups (``K / group_size``);
+* ``"N/2"``, ``"K/8"``, ...: a packed dimension (two int4 per int8, eight per int32);
+* ``"*"``: any size (e.g. FlatQuant transform matrices, checked by the scheme).
+
+The same declaration drives two things: the vLLM parameters the scheme
+registers, and :func:`validate_layer_tensors`, which checks the checkpoint's
+safetensors headers against it while the model is being built, so that a wrong
+file fails before any weight is read or any compute runs.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.errors import CheckpointTensorError
 
 Dim = str | int
-"""A shape template entry: ``"N"`` (shard output features), ``"K"`` (input features) or a literal."""
+"""A shape template entry (see the module docstring)."""
 
+ANY = "*"
 FLOAT_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -30,11 +36,15 @@ class TensorRole(Enum):
     """How a tensor is laid out across the shards of a fused layer."""
 
     WEIGHT = "weight"
-    """``[N, K]`` rows per shard: stacked along the output dim."""
+    """``[N, K]`` rows per shard (possibly packed), stacked along the output dim."""
     PER_CHANNEL = "per_channel"
-    """``[N]`` or ``[N, 1]``: one value per output channel, stacked like the weight rows."""
+    """``[N]`` or ``[N, c]``: per output channel, stacked like the weight rows."""
+    PER_GROUP = "per_group"
+    """``[N, G]``: per output channel and K-group, stacked like the weight rows."""
     PER_SHARD = "per_shard"
     """``[1]``: one scalar per shard (per-tensor quantization parameters)."""
+    PER_SHARD_TENSOR = "per_shard_tensor"
+    """Any fixed shape, one copy per shard (e.g. FlatQuant transforms)."""
 
 
 @dataclass(frozen=True)
@@ -44,13 +54,15 @@ class CheckpointTensor:
     Attributes:
         suffix: name after the shard prefix, e.g. ``"weight_scale"``.
         role: layout across shards (see :class:`TensorRole`).
-        shape: on-disk shape template, e.g. ``("N", "K")``, ``("N", 1)``, ``(1,)``.
+        shape: on-disk shape template, e.g. ``("N", "K")``, ``("N/2", "K")``, ``("N", "G")``.
         dtypes: accepted on-disk dtypes.
         param_dtype: dtype of the vLLM parameter that receives it.
         decode: optional conversion applied to the loaded tensor before it is
             copied into the parameter (e.g. int64-encoded fp32 bits → fp32).
         optional: a missing tensor is allowed (the parameter keeps ``fill``).
         fill: initial value of the parameter (used when optional and absent).
+        packed_dim: for a packed weight, the dim holding several values per element.
+        packed_factor: values per element along ``packed_dim``.
     """
 
     suffix: str
@@ -61,10 +73,46 @@ class CheckpointTensor:
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None
     optional: bool = False
     fill: float = 0.0
+    packed_dim: int | None = None
+    packed_factor: int = 1
 
-    def disk_shape(self, out_features: int, in_features: int) -> tuple[int, ...]:
-        """The shape template with ``N``/``K`` substituted."""
-        return tuple(_expected_dims(self, out_features, in_features))  # type: ignore[arg-type]
+
+@dataclass(frozen=True)
+class ShapeSymbols:
+    """Sizes of the template symbols for one shard (None: unknown, not checked)."""
+
+    n: int | None
+    k: int | None
+    group_size: int = 0
+
+    def resolve(self, dim: Dim) -> int | None:
+        """The size of one template entry.
+
+        Raises:
+            ValueError: a packed or grouped dimension is not divisible
+                (the caller turns it into an error naming layer and file).
+        """
+        if isinstance(dim, int):
+            return dim
+        if dim == ANY:
+            return None
+        name, _, divisor = dim.partition("/")
+        if name == "G":
+            if self.k is None or not self.group_size:
+                return None
+            if self.k % self.group_size:
+                raise ValueError(f"group size {self.group_size} does not divide K = {self.k}")
+            return self.k // self.group_size
+        size = {"N": self.n, "K": self.k}[name]
+        if size is None or not divisor:
+            return size
+        if size % int(divisor):
+            raise ValueError(f"{name} = {size} is not divisible by the pack factor {divisor}")
+        return size // int(divisor)
+
+    def shape(self, template: Sequence[Dim]) -> list[int | None]:
+        """All entries of a template resolved."""
+        return [self.resolve(d) for d in template]
 
 
 def _dtype_names(dtypes: Sequence[torch.dtype]) -> str:
@@ -79,6 +127,7 @@ def validate_layer_tensors(
     shard_out_features: Sequence[int] | None,
     in_features: int | None,
     tensors: Sequence[CheckpointTensor],
+    group_size: int = 0,
 ) -> None:
     """Check that every declared tensor of every shard is stored with a valid dtype and shape.
 
@@ -91,14 +140,18 @@ def validate_layer_tensors(
             shape checks of N-dependent dims (tensor parallelism).
         in_features: full K, or None to skip shape checks of K-dependent dims.
         tensors: the scheme's declarations.
+        group_size: K-group size for ``"G"`` dims (0: per-channel).
 
     Raises:
-        CheckpointTensorError: a required tensor is missing, or a tensor's dtype
-            or shape does not match its declaration; the message names the
-            tensor, the layer and the file.
+        CheckpointTensorError: a required tensor is missing, a tensor's dtype
+            or shape does not match its declaration, a packed or grouped dim is
+            not divisible, or the shards of a per-shard tensor differ in shape;
+            the message names the tensor, the layer and the file.
     """
     for index, prefix in enumerate(shard_prefixes):
-        n = shard_out_features[index] if shard_out_features is not None else None
+        symbols = ShapeSymbols(
+            shard_out_features[index] if shard_out_features is not None else None, in_features, group_size
+        )
         for spec in tensors:
             name = f"{prefix}.{spec.suffix}"
             info = checkpoint.get(name)
@@ -117,19 +170,31 @@ def validate_layer_tensors(
                     file=info.file,
                     layer=layer,
                 )
-            expected = _expected_dims(spec, n, in_features)
+            try:
+                expected = symbols.shape(spec.shape)
+            except ValueError as exc:
+                raise CheckpointTensorError(f"tensor {name!r}: {exc}", file=info.file, layer=layer) from None
             if len(info.shape) != len(expected) or any(
                 want is not None and got != want for got, want in zip(info.shape, expected, strict=False)
             ):
                 shown = ["?" if want is None else want for want in expected]
                 raise CheckpointTensorError(
                     f"tensor {name!r} has shape {list(info.shape)}, but {quant_type} expects "
-                    f"{shown} (N = output features, K = input features of the shard)",
+                    f"{shown} (from {list(spec.shape)}: N = output features, K = input features "
+                    "of the shard, G = K / group_size)",
                     file=info.file,
                     layer=layer,
                 )
-
-
-def _expected_dims(spec: CheckpointTensor, n: int | None, k: int | None) -> list[int | None]:
-    sizes = {"N": n, "K": k}
-    return [sizes[d] if isinstance(d, str) else d for d in spec.shape]
+    for spec in tensors:
+        if spec.role is TensorRole.PER_SHARD_TENSOR:
+            shapes = {
+                info.shape
+                for p in shard_prefixes
+                if (info := checkpoint.get(f"{p}.{spec.suffix}")) is not None
+            }
+            if len(shapes) > 1:
+                raise CheckpointTensorError(
+                    f"the fused shards store {spec.suffix!r} with different shapes {sorted(shapes)}",
+                    file=checkpoint.file_of(f"{shard_prefixes[0]}.{spec.suffix}"),
+                    layer=layer,
+                )

@@ -1,13 +1,16 @@
-"""Activation quantization to int8: static per-tensor (asymmetric) and dynamic per-token.
+"""Activation quantization: static per-tensor int8 and dynamic per-token int8/int4.
 
-Semantics follow the NPU ops that vLLM Ascend calls (spec §0):
+Semantics follow the NPU ops that vLLM Ascend calls (spec §0, §4.6-§4.7):
 
 * static, ``npu_quantize(x, 1/scale, offset, qint8, div_mode=False)``:
   ``q = clamp(round(x · (1/scale) + offset), −128, 127)``, computed in fp32.
-* dynamic, ``npu_dynamic_quant(x, int8)``: per row (token)
-  ``s = max_k |x[m, k]| / 127`` and ``q = round(x / s)`` (always within ±127).
-  A row of zeros gets ``s = 1`` and ``q = 0`` (the NPU op's result for such a
-  row is not documented; any positive scale gives the same product).
+* dynamic, ``npu_dynamic_quant(x, int8 | quint4x2)`` and the quantizing half of
+  ``npu_kronecker_quant``: per row (token) ``s = clip · max_k |x[m, k]| / qmax``
+  with ``qmax = 127`` (int8) or ``7`` (int4), ``q = clamp(round(x / s))`` to the
+  integer type's range ([−128, 127] or [−8, 7]; with ``clip = 1`` no value
+  exceeds ``qmax``). A row of zeros gets ``s = 1`` and ``q = 0`` (the NPU op's
+  result for such a row is not documented; any positive scale gives the same
+  product).
 
 Rounding is half-to-even (``torch.round``). Both ops are defined in fp32
 arithmetic, as the NPU computes them: in float64 a few values per ten thousand
@@ -24,7 +27,14 @@ import torch
 
 INT8_MIN = -128
 INT8_MAX = 127
-DYNAMIC_QMAX = 127.0
+
+
+def _dynamic_limits(bits: int) -> tuple[float, float, float]:
+    """``(qmax, low, high)`` of signed ``bits``-bit dynamic quantization."""
+    if bits not in (4, 8):
+        raise ValueError(f"dynamic activation quantization supports 4 or 8 bits, not {bits}")
+    high = 2.0 ** (bits - 1) - 1
+    return high, -high - 1, high
 
 
 def quantize_static_per_tensor(
@@ -46,20 +56,29 @@ def quantize_static_per_tensor(
     return q.clamp_(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
-def quantize_dynamic_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic symmetric per-token int8 quantization (ModelSlim W8A8_DYNAMIC activations).
+def quantize_dynamic_per_token(
+    x: torch.Tensor, bits: int = 8, clip_ratio: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dynamic symmetric per-token quantization (W8A8_DYNAMIC, W4A8: 8 bits; W4A4: 4 bits).
 
     Args:
         x: activations ``[M, K]`` (or ``[..., K]``), any float dtype.
+        bits: 8 or 4.
+        clip_ratio: FlatQuant's clip ratio in (0, 1] (scale = clip·max|x|/qmax).
 
     Returns:
-        ``(q, s)``: ``q`` int8 of ``x``'s shape with ``q = round(x/s)``, and
-        ``s`` float32 ``[...]`` (one scale per row) with ``s = max|x|/127``.
+        ``(q, s)``: ``q`` int8 of ``x``'s shape holding ``bits``-bit values, and
+        ``s`` float32 ``[...]`` (one scale per row).
     """
+    qmax, low, high = _dynamic_limits(bits)
     xf = x.float()
-    scale = xf.abs().amax(dim=-1) / DYNAMIC_QMAX
+    row_max = xf.abs().amax(dim=-1)
+    if clip_ratio != 1.0:
+        scale = row_max * torch.tensor(clip_ratio / qmax, dtype=torch.float32, device=x.device)
+    else:
+        scale = row_max / qmax
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(xf / scale.unsqueeze(-1)).clamp_(-DYNAMIC_QMAX, DYNAMIC_QMAX).to(torch.int8)
+    q = torch.round(xf / scale.unsqueeze(-1)).clamp_(low, high).to(torch.int8)
     return q, scale
 
 
@@ -70,10 +89,17 @@ def quantize_static_per_tensor_reference(x: torch.Tensor, scale: float, offset: 
     return q.clamp(INT8_MIN, INT8_MAX).to(torch.int8)
 
 
-def quantize_dynamic_per_token_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Oracle of :func:`quantize_dynamic_per_token`: fp32 row max, fp32 divide, round."""
+def quantize_dynamic_per_token_reference(
+    x: torch.Tensor, bits: int = 8, clip_ratio: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Oracle of :func:`quantize_dynamic_per_token`: fp32 row max, fp32 divide, round, clamp."""
+    qmax, low, high = _dynamic_limits(bits)
     xf = x.to(torch.float32)
-    scale = xf.abs().amax(dim=-1) / torch.tensor(DYNAMIC_QMAX, dtype=torch.float32)
+    row_max = xf.abs().amax(dim=-1)
+    if clip_ratio != 1.0:
+        scale = row_max * torch.tensor(clip_ratio / qmax, dtype=torch.float32)
+    else:
+        scale = row_max / torch.tensor(qmax, dtype=torch.float32)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(xf / scale.unsqueeze(-1)).clamp(-DYNAMIC_QMAX, DYNAMIC_QMAX).to(torch.int8)
+    q = torch.round(xf / scale.unsqueeze(-1)).clamp(low, high).to(torch.int8)
     return q, scale

@@ -29,15 +29,23 @@ class QuantKernel(torch.nn.Module):
 
 
 class Int8WeightKernel(QuantKernel):
-    """A kernel over an int8 weight ``[N, K]`` with a float32 per-output-channel scale ``[N]``."""
+    """A kernel over an int8 weight ``[N, K]`` (int8 or int4 values) and its float32 scales.
+
+    ``weight_scale`` is per output channel, ``[N]`` (an ``[N, 1]`` input is
+    flattened), or per channel and K-group, ``[N, K / group_size]``, when
+    ``config.group_size`` is set.
+    """
 
     def __init__(self, config: Any, weight: torch.Tensor, weight_scale: torch.Tensor):
         super().__init__()
         self.config = config
+        grouped = getattr(config, "group_size", 0) > 0
         register_buffers(
             self,
             weight=weight.to(torch.int8).contiguous(),
-            weight_scale=channel_vector(weight_scale, torch.float32),
+            weight_scale=weight_scale.to(torch.float32).contiguous()
+            if grouped
+            else channel_vector(weight_scale, torch.float32),
         )
 
 

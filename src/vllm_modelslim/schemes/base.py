@@ -20,13 +20,18 @@ import torch
 from vllm.model_executor.parameter import (
     BasevLLMParameter,
     ChannelQuantScaleParameter,
+    GroupQuantScaleParameter,
     ModelWeightParameter,
+    PackedvLLMParameter,
     PerTensorScaleParameter,
 )
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
-from vllm_modelslim.format.tensor_spec import CheckpointTensor, TensorRole
+from vllm_modelslim.format.description import QuantDescription
+from vllm_modelslim.format.errors import CheckpointTensorError
+from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
 from vllm_modelslim.format.value_checks import check_finite, check_integer_range, check_positive_finite
+from vllm_modelslim.schemes.parameters import ShardStackParameter
 
 
 @dataclass(frozen=True)
@@ -37,15 +42,18 @@ class LayerContext:
         prefix: vLLM layer prefix (``model.layers.0.self_attn.qkv_proj``).
         quant_type: the description's quant type for the layer.
         shard_prefixes: checkpoint prefix of each fused part, in shard order.
-        description_source: path of the description file (for messages).
+        description: the parsed description (settings such as ``version``,
+            ``group_size``; ``description.source`` names the file).
         checkpoint: safetensors header index of the model folder, when local.
+        row_parallel: the layer is a ``RowParallelLinear`` (o_proj, down_proj).
     """
 
     prefix: str
     quant_type: str
     shard_prefixes: tuple[str, ...]
-    description_source: str
+    description: QuantDescription
     checkpoint: CheckpointIndex | None = None
+    row_parallel: bool = False
 
     def files_of(self, suffix: str) -> str | None:
         """Comma-separated file name(s) storing ``<shard>.<suffix>`` (for messages)."""
@@ -58,6 +66,19 @@ class LayerContext:
         }
         return ", ".join(sorted(files)) or str(self.checkpoint.folder)
 
+    def stored_shape(self, suffix: str) -> tuple[int, ...] | None:
+        """Header shape of the first shard's ``<suffix>`` tensor (None when unknown or absent)."""
+        if self.checkpoint is None:
+            return None
+        info = self.checkpoint.get(f"{self.shard_prefixes[0]}.{suffix}")
+        return None if info is None else info.shape
+
+    def has_tensor(self, suffix: str) -> bool | None:
+        """Whether the first shard stores ``<suffix>`` (None when the headers are unknown)."""
+        if self.checkpoint is None:
+            return None
+        return f"{self.shard_prefixes[0]}.{suffix}" in self.checkpoint
+
 
 def _decoding_loader(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
     def load(param: torch.nn.Parameter, loaded_weight: torch.Tensor, *args, **kwargs):
@@ -67,10 +88,12 @@ def _decoding_loader(loader: Callable, decode: Callable[[torch.Tensor], torch.Te
 
 
 class LinearScheme(ABC):
-    """One quant type for linear layers (``LinearBase`` and a quantized ``lm_head``).
+    """One quant type for linear layers.
 
     Subclasses set :attr:`quant_type`, declare :meth:`checkpoint_tensors`, and
-    implement :meth:`process_weights_after_loading` and :meth:`apply`.
+    implement :meth:`process_weights_after_loading` and :meth:`apply`. A scheme
+    instance serves one layer: its declarations may depend on the layer's
+    context (checkpoint layout version, row/column parallelism, group size).
     """
 
     quant_type: ClassVar[str]
@@ -78,10 +101,14 @@ class LinearScheme(ABC):
     def __init__(self, context: LayerContext):
         self.context = context
 
-    @classmethod
     @abstractmethod
-    def checkpoint_tensors(cls) -> tuple[CheckpointTensor, ...]:
-        """The tensors stored for each shard of a layer with this quant type."""
+    def checkpoint_tensors(self) -> tuple[CheckpointTensor, ...]:
+        """The tensors stored for each shard of this layer."""
+
+    @property
+    def group_size(self) -> int:
+        """K-group size of the layer's per-group tensors (0: none)."""
+        return 0
 
     def create_weights(
         self,
@@ -93,33 +120,64 @@ class LinearScheme(ABC):
     ) -> None:
         """Register one vLLM parameter per declared tensor on ``layer``.
 
-        ``WEIGHT`` and ``PER_CHANNEL`` tensors become ``[sum(N_i), ...]``
-        parameters that vLLM fills shard by shard; ``PER_SHARD`` scalars become a
-        ``PerTensorScaleParameter`` with one slot per shard.
+        ``WEIGHT``, ``PER_CHANNEL`` and ``PER_GROUP`` tensors become
+        ``[sum(N_i), ...]`` parameters that vLLM fills shard by shard (packed
+        weights through ``PackedvLLMParameter``); ``PER_SHARD`` scalars become a
+        ``PerTensorScaleParameter`` with one slot per shard, ``PER_SHARD_TENSOR``
+        tensors a stack with one entry per shard.
+
+        Raises:
+            CheckpointTensorError: a shard's size does not divide by a pack
+                factor, or a per-shard tensor's shape is unknown.
         """
-        total_out = sum(output_partition_sizes)
         layer.logical_widths = list(output_partition_sizes)
         layer.modelslim_params_dtype = params_dtype
+        try:
+            for size in output_partition_sizes:
+                for spec in self.checkpoint_tensors():
+                    ShapeSymbols(size, input_size_per_partition, self.group_size).shape(spec.shape)
+        except ValueError as exc:
+            raise CheckpointTensorError(
+                str(exc), file=self.context.description.source, layer=self.context.prefix
+            ) from None
+        symbols = ShapeSymbols(sum(output_partition_sizes), input_size_per_partition, self.group_size)
         for spec in self.checkpoint_tensors():
             loader = weight_loader if spec.decode is None else _decoding_loader(weight_loader, spec.decode)
-            param = self._make_parameter(
-                spec, total_out, input_size_per_partition, len(output_partition_sizes), loader
-            )
+            param = self._make_parameter(spec, symbols, len(output_partition_sizes), loader)
             layer.register_parameter(spec.suffix, param)
 
-    @staticmethod
     def _make_parameter(
-        spec: CheckpointTensor, total_out: int, in_features: int, num_shards: int, loader: Callable
+        self, spec: CheckpointTensor, symbols: ShapeSymbols, num_shards: int, loader: Callable
     ) -> BasevLLMParameter:
+        if spec.role is TensorRole.PER_SHARD:
+            return PerTensorScaleParameter(
+                data=torch.full((num_shards,), spec.fill, dtype=spec.param_dtype), weight_loader=loader
+            )
+        if spec.role is TensorRole.PER_SHARD_TENSOR:
+            shape = self.context.stored_shape(spec.suffix)
+            if shape is None:
+                raise CheckpointTensorError(
+                    f"the shape of {spec.suffix!r} is read from the checkpoint, which must be a local folder",
+                    file=self.context.description.source,
+                    layer=self.context.prefix,
+                )
+            data = torch.full((num_shards, *shape), spec.fill, dtype=spec.param_dtype)
+            return ShardStackParameter(data=data, weight_loader=loader)
+        data = torch.full(symbols.shape(spec.shape), spec.fill, dtype=spec.param_dtype)  # type: ignore[arg-type]
+        if spec.role is TensorRole.WEIGHT and spec.packed_dim is not None:
+            return PackedvLLMParameter(
+                data=data,
+                input_dim=1,
+                output_dim=0,
+                packed_dim=spec.packed_dim,
+                packed_factor=spec.packed_factor,
+                weight_loader=loader,
+            )
         if spec.role is TensorRole.WEIGHT:
-            shape = spec.disk_shape(total_out, in_features)
-            data = torch.full(shape, spec.fill, dtype=spec.param_dtype)
             return ModelWeightParameter(data=data, input_dim=1, output_dim=0, weight_loader=loader)
-        if spec.role is TensorRole.PER_CHANNEL:
-            data = torch.full(spec.disk_shape(total_out, in_features), spec.fill, dtype=spec.param_dtype)
-            return ChannelQuantScaleParameter(data=data, output_dim=0, weight_loader=loader)
-        data = torch.full((num_shards,), spec.fill, dtype=spec.param_dtype)
-        return PerTensorScaleParameter(data=data, weight_loader=loader)
+        if spec.role is TensorRole.PER_GROUP:
+            return GroupQuantScaleParameter(data=data, input_dim=1, output_dim=0, weight_loader=loader)
+        return ChannelQuantScaleParameter(data=data, output_dim=0, weight_loader=loader)
 
     @abstractmethod
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
@@ -131,12 +189,14 @@ class LinearScheme(ABC):
 
     # Helpers for subclasses -------------------------------------------------
 
+    def error_file(self, suffix: str) -> str:
+        """The file(s) to name in an error about ``<shard>.<suffix>``."""
+        return self.context.files_of(suffix) or self.context.description.source
+
     def check_scale(self, layer: torch.nn.Module, suffix: str) -> torch.Tensor:
         """``layer.<suffix>`` as float32, after checking it is finite and > 0."""
         values = getattr(layer, suffix).data
-        check_positive_finite(
-            values, what=suffix, layer=self.context.prefix, file=self.context.files_of(suffix)
-        )
+        check_positive_finite(values, what=suffix, layer=self.context.prefix, file=self.error_file(suffix))
         return values.to(torch.float32)
 
     def check_zero_point(
@@ -145,14 +205,14 @@ class LinearScheme(ABC):
         """``layer.<suffix>`` as float32, after checking it holds integers in ``[low, high]``."""
         values = getattr(layer, suffix).data
         check_integer_range(
-            values, low, high, what=suffix, layer=self.context.prefix, file=self.context.files_of(suffix)
+            values, low, high, what=suffix, layer=self.context.prefix, file=self.error_file(suffix)
         )
         return values.to(torch.float32)
 
     def check_finite(self, layer: torch.nn.Module, suffix: str) -> torch.Tensor:
         """``layer.<suffix>`` as float32, after checking it has no NaN/inf."""
         values = getattr(layer, suffix).data
-        check_finite(values, what=suffix, layer=self.context.prefix, file=self.context.files_of(suffix))
+        check_finite(values, what=suffix, layer=self.context.prefix, file=self.error_file(suffix))
         return values.to(torch.float32)
 
 
@@ -161,3 +221,29 @@ def apply_2d(x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -
     leading = x.shape[:-1]
     y = forward(x.reshape(-1, x.shape[-1]))
     return y.reshape(*leading, y.shape[-1])
+
+
+def shard_groups(widths: list[int], keys: list) -> list[tuple[int, int, object]]:
+    """Merge consecutive shards with equal ``keys`` into ``(row_start, row_stop, key)`` ranges.
+
+    Fused shards (q/k/v, gate/up) see the same input; when their activation
+    quantization parameters (static scale/offset, FlatQuant transform and clip)
+    agree, one quantization serves all of them.
+    """
+    groups: list[tuple[int, int, object]] = []
+    start = 0
+    for width, key in zip(widths, keys, strict=True):
+        if groups and _same(groups[-1][2], key):
+            groups[-1] = (groups[-1][0], start + width, key)
+        else:
+            groups.append((start, start + width, key))
+        start += width
+    return groups
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    return a == b

@@ -48,6 +48,7 @@ class ModelSlimLinearMethod(LinearMethodBase):
                 shard_out_features=list(output_partition_sizes) if unsharded else None,
                 in_features=input_size,
                 tensors=self.scheme.checkpoint_tensors(),
+                group_size=self.scheme.group_size,
             )
         self.scheme.create_weights(
             layer,

@@ -25,19 +25,27 @@ def make_scaled_int8_mm(
     int_bias: torch.Tensor | None = None,
     kernel: type[ScaledInt8MMKernel] | None = None,
 ) -> ScaledInt8MMKernel:
-    """Build the best kernel for an int8 weight ``[N, K]`` with scales ``[N]``.
+    """Build the best kernel for an int8 (or int4-valued) weight ``[N, K]``.
 
     Args:
         weight: int8 ``[N, K]``.
-        weight_scale: per-output-channel scale ``[N]`` (``s_w``, or ``deq_scale``).
-        int_bias: optional int32 ``[N]`` added to the accumulator.
+        weight_scale: per-output-channel scale ``[N]`` or ``[N, 1]`` (``s_w``,
+            or ``deq_scale``), or per-group ``[N, G]`` with ``G > 1`` dividing K.
+        int_bias: optional int32 ``[N]`` added to the accumulator (per-channel only).
         kernel: force a kernel class instead of selecting one.
 
     Raises:
         RuntimeError: a forced ``kernel`` cannot run this shape on this device.
     """
+    in_features = weight.shape[1]
+    groups = weight_scale.shape[1] if weight_scale.dim() == 2 else 1
+    if in_features % groups:
+        raise ValueError(f"{groups} weight-scale groups do not divide K = {in_features}")
     config = ScaledInt8MMConfig(
-        in_features=weight.shape[1], out_features=weight.shape[0], device_type=weight.device.type
+        in_features=in_features,
+        out_features=weight.shape[0],
+        device_type=weight.device.type,
+        group_size=in_features // groups if groups > 1 else 0,
     )
     cls = choose_kernel([kernel] if kernel else SCALED_INT8_MM_KERNELS, config)
     return cls(config, weight, weight_scale, int_bias)

@@ -1,9 +1,17 @@
 """Interface of the int8 × int8 GEMM with exact int32 accumulation.
 
-Math (ModelSlim W8A8 / W8A8_DYNAMIC, vLLM Ascend ``npu_quant_matmul``, spec §0, §4.1-§4.2)::
+Math (ModelSlim W8A8 / W8A8_DYNAMIC / W4A8_DYNAMIC / W4A4, vLLM Ascend
+``npu_quant_matmul``, spec §0, §4.1-§4.2, §4.5-§4.7)::
 
     acc[m, n] = Σ_k x_q[m, k] · w_q[n, k] + b_int[n]        (exact, int32)
     y[m, n]   = acc[m, n] · s_x[m] · s_w[n] + b[n]            (then cast to out dtype)
+
+or, with per-group weight scales (legacy per-group W4A8, group size g)::
+
+    y[m, n] = s_x[m] · Σ_j s_w[n, j] · Σ_{k in group j} x_q[m, k] · w_q[n, k] + b[n]
+
+``x_q`` and ``w_q`` are int8 tensors; int4 operands are int8 tensors holding
+values in [−8, 7] (the accumulation is the same integer sum).
 
 ``s_x`` is the per-token activation scale of dynamic quantization (absent for
 static quantization, where the activation scale is folded into ``s_w``, i.e.
@@ -28,15 +36,17 @@ class ScaledInt8MMConfig:
         in_features: K.
         out_features: N.
         device_type: where the weights live ("cpu", "cuda").
+        group_size: K-group size of the weight scales (0: per output channel).
     """
 
     in_features: int
     out_features: int
     device_type: str = "cpu"
+    group_size: int = 0
 
 
 class ScaledInt8MMKernel(Int8WeightKernel):
-    """Holds ``w_q`` int8 ``[N, K]``, ``s_w`` float32 ``[N]`` and optional ``b_int`` int32 ``[N]``.
+    """Holds ``w_q`` int8 ``[N, K]``, ``s_w`` fp32 ``[N]`` or ``[N, K/g]``, optional int32 ``b_int`` ``[N]``.
 
     ``forward(x_q, x_scale, bias, out_dtype)`` takes ``x_q`` int8 ``[M, K]``,
     ``x_scale`` float32 ``[M]`` or None, ``bias`` ``[N]`` or None and returns
@@ -51,6 +61,8 @@ class ScaledInt8MMKernel(Int8WeightKernel):
         int_bias: torch.Tensor | None = None,
     ):
         super().__init__(config, weight, weight_scale)
+        if config.group_size and int_bias is not None:
+            raise ValueError("an int32 bias is defined for per-channel weight scales only")
         register_buffers(self, int_bias=channel_vector(int_bias, torch.int32))
 
     def epilogue(
@@ -70,3 +82,17 @@ class ScaledInt8MMKernel(Int8WeightKernel):
         if bias is not None:
             y = y + bias.to(torch.float32)
         return y.to(out_dtype)
+
+    def group_epilogue(
+        self,
+        scaled: torch.Tensor,
+        x_scale: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        out_dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """``scaled · s_x + b`` for ``scaled = Σ_j s_w[:, j]·acc_j`` (float32 ``[M, N]``)."""
+        if x_scale is not None:
+            scaled = scaled * x_scale.to(torch.float32).reshape(-1, 1)
+        if bias is not None:
+            scaled = scaled + bias.to(torch.float32)
+        return scaled.to(out_dtype)

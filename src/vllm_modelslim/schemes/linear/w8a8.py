@@ -25,7 +25,7 @@ import torch
 from vllm.model_executor.layers.linear import RowParallelLinear
 
 from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_static_per_tensor
-from vllm_modelslim.schemes.base import LinearScheme, apply_2d
+from vllm_modelslim.schemes.base import LinearScheme, apply_2d, shard_groups
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     DEQ_SCALE,
     INPUT_OFFSET,
@@ -45,8 +45,7 @@ class W8A8StaticLinearScheme(LinearScheme):
 
     quant_type = "W8A8"
 
-    @classmethod
-    def checkpoint_tensors(cls):
+    def checkpoint_tensors(self):
         return (
             INT8_WEIGHT,
             QUANT_BIAS,
@@ -69,7 +68,8 @@ class W8A8StaticLinearScheme(LinearScheme):
 
         kernels = torch.nn.ModuleList()
         activation_params: list[tuple[float, float]] = []
-        for start, stop, scale, offset in _activation_groups(layer.logical_widths, input_scale, input_offset):
+        keys = list(zip(input_scale.tolist(), input_offset.tolist(), strict=True))
+        for start, stop, (scale, offset) in shard_groups(layer.logical_widths, keys):
             kernels.append(
                 make_scaled_int8_mm(
                     weight[start:stop],
@@ -93,18 +93,3 @@ class W8A8StaticLinearScheme(LinearScheme):
             return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
 
         return apply_2d(x, forward)
-
-
-def _activation_groups(
-    widths: list[int], input_scale: torch.Tensor, input_offset: torch.Tensor
-) -> list[tuple[int, int, float, float]]:
-    """Merge consecutive shards that share (input_scale, input_offset) into row ranges."""
-    groups: list[tuple[int, int, float, float]] = []
-    start = 0
-    for width, scale, offset in zip(widths, input_scale.tolist(), input_offset.tolist(), strict=True):
-        if groups and groups[-1][2:] == (scale, offset):
-            groups[-1] = (groups[-1][0], start + width, scale, offset)
-        else:
-            groups.append((start, start + width, scale, offset))
-        start += width
-    return groups

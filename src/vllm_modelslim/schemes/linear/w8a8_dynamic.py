@@ -26,8 +26,7 @@ class W8A8DynamicLinearScheme(LinearScheme):
 
     quant_type = "W8A8_DYNAMIC"
 
-    @classmethod
-    def checkpoint_tensors(cls):
+    def checkpoint_tensors(self):
         return (INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
