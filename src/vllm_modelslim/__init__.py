@@ -19,5 +19,7 @@ def register() -> None:
     Safe to call more than once (vLLM calls it in every process it starts).
     """
     from vllm_modelslim.format.quant_config import register_quantization_methods
+    from vllm_modelslim.schemes.norm_bias import register_rms_norm_bias
 
     register_quantization_methods()
+    register_rms_norm_bias()

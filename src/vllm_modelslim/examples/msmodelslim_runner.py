@@ -52,6 +52,9 @@ class QuantRecipe:
         msmodelslim_model_type: ``--model_type`` (selects msmodelslim's adapter).
         transformers: transformers version of the msmodelslim virtualenv.
         seconds: rough wall time on 2 CPU cores (for progress messages).
+        equal_length_calibration: FlatQuant needs every calibration sample to
+            tokenize to the same length.
+        extended: slow (minutes); run by the extended test command only.
     """
 
     name: str
@@ -61,6 +64,8 @@ class QuantRecipe:
     msmodelslim_model_type: str = "Qwen3-8B"
     transformers: str = DEFAULT_TRANSFORMERS
     seconds: int = 15
+    equal_length_calibration: bool = False
+    extended: bool = False
 
 
 RECIPES: dict[str, QuantRecipe] = {
@@ -72,9 +77,32 @@ RECIPES: dict[str, QuantRecipe] = {
         QuantRecipe("w8a8_static_fp32", "w8a8_static.yaml", ("W8A8",), model_dtype="float32", seconds=30),
         QuantRecipe("w8a16", "w8a16.yaml", ("W8A16",)),
         QuantRecipe("w8a16_asym", "w8a16_asym.yaml", ("W8A16",), model_dtype="float32", seconds=20),
-    )
+        # Old pipeline (modelslim_v0) with m4 anti-outlier smoothing: writes *norm.bias tensors.
+        QuantRecipe("w8a8_static_m4", "w8a8_static_m4.yaml", ("W8A8",)),
+        QuantRecipe("w8a8_mix", "w8a8_mix.yaml", ("W8A8_MIX",)),
+        QuantRecipe("w4a16", "w4a16.yaml", ("W4A16",)),
+        QuantRecipe("w4a16_asym", "w4a16_asym.yaml", ("W4A16",)),
+        QuantRecipe("w4a8_dynamic", "w4a8_dynamic.yaml", ("W4A8_DYNAMIC",)),
+        QuantRecipe("w4a8_dynamic_pergroup", "w4a8_dynamic_pergroup.yaml", ("W4A8_DYNAMIC",)),
+        QuantRecipe("w4a4_dynamic", "w4a4_dynamic.yaml", ("W4A4_DYNAMIC",), seconds=20),
+        QuantRecipe(
+            "w4a4_flatquant",
+            "w4a4_flatquant.yaml",
+            ("W4A4_FLATQUANT_DYNAMIC",),
+            transformers="4.51.0",
+            equal_length_calibration=True,
+            seconds=30,
+        ),
+        QuantRecipe(
+            "w4a4_dynamic_autoround",
+            "w4a4_dynamic_autoround.yaml",
+            ("W4A4_DYNAMIC",),
+            seconds=150,
+            extended=True,
+        ),
+    )  # fmt: skip
 }
-"""Recipes by name. All of them are fast (seconds) on the demo model."""
+"""Recipes by name. All but the ``extended`` ones take seconds on the demo model."""
 
 
 def cache_dir() -> Path:
@@ -150,11 +178,47 @@ def write_calibration_file(path: Path, samples: int = 32, max_chars: int = 600) 
     return path
 
 
+def write_equal_length_calibration_file(
+    path: Path, model_dir: Path, samples: int = 8, tokens: int = 64
+) -> Path:
+    """Calibration text whose samples all tokenize to ``tokens`` tokens (FlatQuant's requirement).
+
+    Each sample is the decoded first ``tokens`` tokens of a docstring, kept only
+    if both the fast and the slow tokenizer (msmodelslim loads the slow one)
+    encode it back to exactly ``tokens`` tokens.
+
+    Raises:
+        RuntimeError: not enough such samples.
+    """
+    from transformers import AutoTokenizer
+
+    from vllm_modelslim.examples.tiny_qwen3 import corpus_texts
+
+    fast = AutoTokenizer.from_pretrained(str(model_dir))
+    slow = AutoTokenizer.from_pretrained(str(model_dir), use_fast=False)
+    chosen: list[str] = []
+    for text in corpus_texts(min_chars=8 * tokens):
+        sample = fast.decode(fast(text)["input_ids"][:tokens])
+        if len(fast(sample)["input_ids"]) == tokens == len(slow(sample)["input_ids"]):
+            chosen.append(sample)
+        if len(chosen) == samples:
+            break
+    if len(chosen) < samples:
+        raise RuntimeError(f"found only {len(chosen)} calibration samples of exactly {tokens} tokens")
+    path.write_text("".join(json.dumps({"inputs_pretokenized": t}) + "\n" for t in chosen))
+    return path
+
+
 def config_text(recipe: QuantRecipe, dataset: Path) -> str:
-    """The recipe's msmodelslim YAML with ``spec.dataset`` pointing at ``dataset``."""
+    """The recipe's msmodelslim YAML with its calibration dataset set to ``dataset``.
+
+    ``modelslim_v1`` configs name it ``spec.dataset``, ``modelslim_v0`` (old
+    pipeline) configs ``spec.calib_dataset``.
+    """
     raw = resources.files("vllm_modelslim.examples").joinpath("configs").joinpath(recipe.config).read_text()
     config = yaml.safe_load(raw)
-    config["spec"]["dataset"] = str(dataset)
+    key = "calib_dataset" if config.get("apiversion") == "modelslim_v0" else "dataset"
+    config["spec"][key] = str(dataset)
     return yaml.safe_dump(config, sort_keys=False)
 
 
@@ -212,7 +276,10 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
     log(f"quantizing {model_dir.name} with msmodelslim ({recipe.name}, ~{recipe.seconds} s)")
     with tempfile.TemporaryDirectory(prefix="msmodelslim-") as tmp:
         work = Path(tmp)
-        dataset = write_calibration_file(work / "calib.jsonl")
+        if recipe.equal_length_calibration:
+            dataset = write_equal_length_calibration_file(work / "calib.jsonl", model_dir)
+        else:
+            dataset = write_calibration_file(work / "calib.jsonl")
         config = work / "config.yaml"
         config.write_text(config_text(recipe, dataset))
         source = _model_copy(model_dir, recipe.model_dtype, work)

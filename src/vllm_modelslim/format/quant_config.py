@@ -36,6 +36,7 @@ from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
 from vllm_modelslim.schemes import LayerContext, get_scheme_class, registered_quant_types
 from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
+from vllm_modelslim.schemes.norm_bias import NORM_BIAS_SUFFIX, NormBiasTracker, register_rms_norm_bias
 
 logger = init_logger(__name__)
 
@@ -64,6 +65,7 @@ class AscendModelSlimConfig(QuantizationConfig):
         )
         self.checkpoint: CheckpointIndex | None = None
         self.model_type: str | None = None
+        self.norm_bias_tracker: NormBiasTracker | None = None
         self._name_map: dict[str, str] = {}
 
     # --- QuantizationConfig interface -------------------------------------
@@ -107,6 +109,7 @@ class AscendModelSlimConfig(QuantizationConfig):
         if folder.is_dir() and self.checkpoint is None:
             self.checkpoint = CheckpointIndex.scan(folder)
         self._reject_unsupported_features(self.description)
+        self._track_norm_biases(self.description)
         logger.info(
             "ModelSlim description %s: quant types %s",
             self.description.source,
@@ -173,7 +176,8 @@ class AscendModelSlimConfig(QuantizationConfig):
             checkpoint=self.checkpoint,
             row_parallel=isinstance(layer, RowParallelLinear),
         )
-        return ModelSlimLinearMethod(scheme_cls(context))
+        tracker = self.norm_bias_tracker
+        return ModelSlimLinearMethod(scheme_cls(context), after_loading=tracker.check if tracker else None)
 
     def _reject_quantized(self, prefix: str, what: str, *, required: bool) -> None:
         """Raise if the description quantizes a layer kind that has no scheme yet."""
@@ -194,13 +198,19 @@ class AscendModelSlimConfig(QuantizationConfig):
                     "does not implement yet; serving without it would silently change the numerics",
                     file=description.source,
                 )
-        norm_bias = sorted(k for k in description.entries if k.endswith("norm.bias"))
-        if norm_bias:
+
+    def _track_norm_biases(self, description: QuantDescription) -> None:
+        if self.checkpoint is not None:  # the tensors are the truth; the description may omit them
+            names = {t.name for t in self.checkpoint if t.name.endswith(NORM_BIAS_SUFFIX)}
+        else:
+            names = {k for k in description.entries if k.endswith(NORM_BIAS_SUFFIX)}
+        if names and not register_rms_norm_bias():
             raise UnknownQuantTypeError(
-                f"anti-outlier norm biases ({norm_bias[0]!r} and {len(norm_bias) - 1} more) are not "
-                "supported yet; vLLM would drop them silently",
+                "the checkpoint has anti-outlier norm biases, but another plugin replaced vLLM's RMSNorm, "
+                "so they cannot be applied",
                 file=description.source,
             )
+        self.norm_bias_tracker = NormBiasTracker(names, description.source)
 
 
 def register_quantization_methods() -> None:

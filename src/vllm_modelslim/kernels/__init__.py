@@ -13,10 +13,17 @@ from vllm_modelslim.kernels.activation_quant import (
     quantize_static_per_tensor,
     quantize_static_per_tensor_reference,
 )
+from vllm_modelslim.kernels.kronecker import kronecker_transform, kronecker_transform_reference
 from vllm_modelslim.kernels.scaled_int8_mm import (
     ScaledInt8MMKernel,
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
+)
+from vllm_modelslim.kernels.weight_only_int4 import (
+    WeightOnlyInt4Kernel,
+    dequantize_int4_weight,
+    make_weight_only_int4,
+    weight_only_int4_reference,
 )
 from vllm_modelslim.kernels.weight_only_int8 import (
     WeightOnlyInt8Kernel,
@@ -27,6 +34,12 @@ from vllm_modelslim.kernels.weight_only_int8 import (
 
 __all__ = [
     "ScaledInt8MMKernel",
+    "WeightOnlyInt4Kernel",
+    "dequantize_int4_weight",
+    "kronecker_transform",
+    "kronecker_transform_reference",
+    "make_weight_only_int4",
+    "weight_only_int4_reference",
     "WeightOnlyInt8Kernel",
     "dequantize_int8_weight",
     "make_scaled_int8_mm",

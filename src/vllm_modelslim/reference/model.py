@@ -24,6 +24,18 @@ from vllm_modelslim.format.description import (
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 
 
+class _BiasedNorm(torch.nn.Module):
+    """``norm(x) + bias``: the anti-outlier RMSNorm of msmodelslim's m4 smoothing."""
+
+    def __init__(self, norm: torch.nn.Module, bias: torch.Tensor):
+        super().__init__()
+        self.norm = norm
+        self.register_buffer("bias", bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x) + self.bias
+
+
 @dataclass
 class GreedyResult:
     """Greedy continuation: token ids and the log-probability of each chosen token."""
@@ -39,13 +51,14 @@ class ReferenceModel:
         model_dir: a ModelSlim output folder, or a plain Hugging Face checkpoint
             (then nothing is quantized).
         dtype: compute dtype outside the quantized linears (float32 default).
+        kv_consumer: compute W8A8_MIX layers as a decode (KV-consumer) instance does.
 
     Raises:
         ValueError: checkpoint tensors that the model does not consume, or
             model parameters that the checkpoint does not provide.
     """
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32):
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, kv_consumer: bool = False):
         from transformers import AutoConfig, AutoModelForCausalLM
 
         model_dir = Path(model_dir)
@@ -56,12 +69,15 @@ class ReferenceModel:
         for path in sorted(model_dir.glob("*.safetensors")):
             tensors.update(load_file(str(path)))
         self.description = self._description(model_dir)
+        self.kv_consumer = kv_consumer
         self.quantized_layers = self._replace_quantized_linears(tensors)
+        norm_biases = {k: tensors.pop(k) for k in list(tensors) if k.endswith("norm.bias")}
         remaining = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         missing, unexpected = self.model.load_state_dict(remaining, strict=False)
         missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
         if missing or unexpected:
             raise ValueError(f"checkpoint/model mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.biased_norms = self._add_norm_biases(norm_biases)
 
     @staticmethod
     def _description(model_dir: Path) -> QuantDescription | None:
@@ -84,9 +100,23 @@ class ReferenceModel:
             bias = layer_tensors.pop("bias", None)
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            setattr(parent, child, ReferenceQuantizedLinear(quant_type, layer_tensors, bias))
+            setattr(
+                parent, child, ReferenceQuantizedLinear(quant_type, layer_tensors, bias, self.kv_consumer)
+            )
             replaced[name] = quant_type
         return replaced
+
+    def _add_norm_biases(self, norm_biases: dict[str, torch.Tensor]) -> list[str]:
+        """Wrap each norm that has a ``<norm>.bias`` tensor: ``y = norm(x) + bias`` (spec §4.10)."""
+        wrapped = []
+        for name, bias in norm_biases.items():
+            module_name = name[: -len(".bias")]
+            parent_name, _, child = module_name.rpartition(".")
+            parent = self.model.get_submodule(parent_name) if parent_name else self.model
+            norm = getattr(parent, child)
+            setattr(parent, child, _BiasedNorm(norm, bias.to(self.dtype)))
+            wrapped.append(module_name)
+        return wrapped
 
     @torch.no_grad()
     def logits(self, token_ids: list[int]) -> torch.Tensor:

@@ -144,17 +144,20 @@ class LinearScheme(ABC):
         for spec in self.checkpoint_tensors():
             loader = weight_loader if spec.decode is None else _decoding_loader(weight_loader, spec.decode)
             param = self._make_parameter(spec, symbols, len(output_partition_sizes), loader)
-            layer.register_parameter(spec.suffix, param)
+            if param is not None:
+                layer.register_parameter(spec.suffix, param)
 
     def _make_parameter(
         self, spec: CheckpointTensor, symbols: ShapeSymbols, num_shards: int, loader: Callable
-    ) -> BasevLLMParameter:
+    ) -> BasevLLMParameter | None:
         if spec.role is TensorRole.PER_SHARD:
             return PerTensorScaleParameter(
                 data=torch.full((num_shards,), spec.fill, dtype=spec.param_dtype), weight_loader=loader
             )
         if spec.role is TensorRole.PER_SHARD_TENSOR:
             shape = self.context.stored_shape(spec.suffix)
+            if shape is None and spec.optional and self.context.checkpoint is not None:
+                return None  # absent optional per-shard tensor (e.g. o_proj's right_trans)
             if shape is None:
                 raise CheckpointTensorError(
                     f"the shape of {spec.suffix!r} is read from the checkpoint, which must be a local folder",
@@ -214,6 +217,36 @@ class LinearScheme(ABC):
         values = getattr(layer, suffix).data
         check_finite(values, what=suffix, layer=self.context.prefix, file=self.error_file(suffix))
         return values.to(torch.float32)
+
+
+def infer_group_size(context: LayerContext, weight: CheckpointTensor, scale_suffix: str) -> int:
+    """K-group size of a per-group layer, from the safetensors headers (else the description).
+
+    ``K`` is the stored weight's input dim (times its pack factor when packed
+    along K) and ``G`` the scale's second dim; ``g = K / G``.
+
+    Raises:
+        CheckpointTensorError: ``G`` does not divide ``K``, or neither the headers
+            nor the description's ``group_size`` tell the group size.
+    """
+    weight_shape, scale_shape = context.stored_shape(weight.suffix), context.stored_shape(scale_suffix)
+    if weight_shape is not None and scale_shape is not None and len(weight_shape) == 2 == len(scale_shape):
+        k = weight_shape[1] * (weight.packed_factor if weight.packed_dim == 1 else 1)
+        if scale_shape[1] and k % scale_shape[1] == 0:
+            return k // scale_shape[1]
+        raise CheckpointTensorError(
+            f"{scale_shape[1]} scale groups do not divide K = {k}",
+            file=context.files_of(scale_suffix),
+            layer=context.prefix,
+        )
+    if context.description.group_size:
+        return context.description.group_size
+    raise CheckpointTensorError(
+        "per-group quantization needs a group size: no 'group_size' in the description and no "
+        "checkpoint headers to infer it from",
+        file=context.description.source,
+        layer=context.prefix,
+    )
 
 
 def apply_2d(x: torch.Tensor, forward: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from vllm.model_executor.layers.linear import (
     LinearMethodBase,
@@ -23,9 +25,10 @@ class ModelSlimLinearMethod(LinearMethodBase):
     vLLM's parameter classes place fused shards.
     """
 
-    def __init__(self, scheme: LinearScheme):
+    def __init__(self, scheme: LinearScheme, after_loading: Callable[[], None] | None = None):
         super().__init__()
         self.scheme = scheme
+        self.after_loading = after_loading
 
     def create_weights(
         self,
@@ -59,6 +62,8 @@ class ModelSlimLinearMethod(LinearMethodBase):
         )
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        if self.after_loading is not None:
+            self.after_loading()  # checks that run once all weights are in (norm biases)
         self.scheme.process_weights_after_loading(layer)
 
     def apply(

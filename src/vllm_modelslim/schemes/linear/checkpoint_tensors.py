@@ -67,3 +67,77 @@ INPUT_OFFSET = CheckpointTensor(
     "input_offset", TensorRole.PER_SHARD, (1,), (*FLOAT_DTYPES, torch.int8), torch.float32
 )
 """Static per-tensor activation zero point ``[1]``, integer-valued (f32 on disk in msmodelslim 26.1)."""
+
+
+# --- int4 layouts (spec §4.4-§4.7, ERRATA 4-6) -----------------------------------------
+
+INT4_PAIRS_WEIGHT = CheckpointTensor(
+    "weight", TensorRole.WEIGHT, ("N/2", "K"), (torch.int8,), torch.int8, packed_dim=0, packed_factor=2
+)
+"""Two int4 per int8 along the **output** dim ``[o/2, i]``: low nibble = row 2k (ModelSlim "1.0.0")."""
+
+INT4_IN_INT8_WEIGHT = CheckpointTensor("weight", TensorRole.WEIGHT, ("N", "K"), (torch.int8,), torch.int8)
+"""One int4 value per int8 ``[o, i]`` (W4A4, legacy W4A8 version "0")."""
+
+INT4_IN_INT32_WEIGHT = CheckpointTensor(
+    "weight_packed",
+    TensorRole.WEIGHT,
+    ("N", "K/8"),
+    (torch.int32,),
+    torch.int32,
+    packed_dim=1,
+    packed_factor=8,
+)
+"""LLM-Compressor ``pack-quantized``: eight offset-8 int4 per int32 along the input dim ``[o, i/8]``."""
+
+PACKED_WEIGHT_SHAPE = CheckpointTensor(
+    "weight_shape", TensorRole.PER_SHARD_TENSOR, (2,), (torch.int32, torch.int64), torch.int64
+)
+"""LLM-Compressor's logical ``[o, i]`` of a packed weight."""
+
+GROUP_WEIGHT_SCALE = CheckpointTensor(
+    "weight_scale", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, fill=1.0
+)
+"""Per-group weight scale ``[o, i/g]``."""
+
+GROUP_WEIGHT_OFFSET = CheckpointTensor(
+    "weight_offset", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, optional=True
+)
+"""Per-group zero point ``[o, i/g]``: ``w = (q − offset)·scale``."""
+
+SECOND_WEIGHT_SCALE = CheckpointTensor(
+    "weight_scale_second", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, fill=1.0
+)
+"""Legacy per-group W4A8 second-level scale ``[o, i/g]`` (times the per-channel ``weight_scale``)."""
+
+SECOND_WEIGHT_OFFSET = CheckpointTensor(
+    "weight_offset_second", TensorRole.PER_GROUP, ("N", "G"), (*FLOAT_DTYPES, torch.int64), torch.float32,
+    optional=True,
+)  # fmt: skip
+"""Legacy per-group W4A8 second-level zero point ``[o, i/g]`` (int64 zeros from msmodelslim)."""
+
+
+def scale_bias(row_parallel: bool) -> CheckpointTensor:
+    """W4A8 ``scale_bias``: ``[o, 1]``, or ``[o, 16]`` partial sums for o_proj/down_proj (spec §4.5).
+
+    It is the NPU kernel's correction term ``8·Σ_k W_q·s``; the exact product
+    needs no correction, so it is loaded (the checkpoint has it) but unused.
+    """
+    return CheckpointTensor(
+        "scale_bias", TensorRole.PER_CHANNEL, ("N", 16 if row_parallel else 1), (torch.float32,),
+        torch.float32, optional=True,
+    )  # fmt: skip
+
+
+CLIP_RATIO = CheckpointTensor("clip_ratio", TensorRole.PER_SHARD, (1,), FLOAT_DTYPES, torch.float32, fill=1.0)
+"""FlatQuant activation clip ratio ``[1]`` (≈ 0.98)."""
+
+LEFT_TRANS = CheckpointTensor(
+    "left_trans", TensorRole.PER_SHARD_TENSOR, ("*", "*"), FLOAT_DTYPES, torch.float32
+)
+"""FlatQuant left factor ``L`` ``[l, l]``."""
+
+RIGHT_TRANS = CheckpointTensor(
+    "right_trans", TensorRole.PER_SHARD_TENSOR, ("*", "*"), FLOAT_DTYPES, torch.float32, optional=True
+)
+"""FlatQuant right factor ``R`` ``[r, r]``; absent on o_proj (identity, ERRATA 6)."""

@@ -1,0 +1,110 @@
+"""Hand-made checkpoints for the layouts msmodelslim 26.1.0 no longer writes.
+
+Tool-made checkpoints are the ground truth; these writers only fill gaps, and
+every one starts from a tool-made checkpoint and changes nothing but the
+storage layout, following the spec's tensor tables:
+
+* :func:`write_w4a8_version0_layout`: W4A8_DYNAMIC ``version`` "0" (spec §4.5
+  legacy v0, published by older ModelSlim releases): ``weight`` int8 ``[o, i]``
+  with **one** int4 value per byte, per-group ``weight_scale_second`` /
+  ``weight_offset_second``, no ``scale_bias``. Made from the tool's per-group
+  "1.0.0" checkpoint by unpacking the nibble pairs.
+* :func:`write_w4a16_pack_quantized_layout`: W4A16 in LLM-Compressor's
+  ``pack-quantized`` layout (spec §4.4): ``weight_packed`` int32 ``[o, i/8]``
+  (offset-8 nibbles, LSB first), ``weight_scale`` ``[o, i/g]``,
+  ``weight_shape`` ``[2]``. Made from the tool's symmetric W4A16 checkpoint.
+
+Both keep the description's ``<layer>.weight`` entries (they decide the
+layer's quant type) and the unchanged float tensors, config and tokenizer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vllm_modelslim.format.description import DESCRIPTION_FILE_NAME, load_description
+from vllm_modelslim.kernels.int4_packing import pack_int4_to_int32, unpack_int4_pairs
+
+HANDMADE_MARKER = "HANDMADE.md"
+
+Rewrite = Callable[[str, dict[str, torch.Tensor], dict[str, str]], None]
+
+
+def _rewrite(
+    source: Path, target: Path, quant_type: str, rewrite: Rewrite, settings: dict, note: str
+) -> Path:
+    """Copy ``source`` to ``target`` and apply ``rewrite(prefix, tensors, entries)`` to each layer."""
+    if (target / HANDMADE_MARKER).exists():
+        return target
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(
+        source, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json", ".complete")
+    )
+    description = load_description(source)
+    entries = dict(description.entries)
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(source.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    for prefix, layer_type in description.weight_entries():
+        if layer_type == quant_type:
+            rewrite(prefix, tensors, entries)
+    save_file(
+        tensors, str(partial / "quant_model_weights-00001-of-00001.safetensors"), metadata={"format": "pt"}
+    )
+    raw = {**description.settings, **settings, **entries}
+    (partial / DESCRIPTION_FILE_NAME).write_text(json.dumps(raw, indent=2))
+    (partial / HANDMADE_MARKER).write_text(f"Hand-made from the tool-made checkpoint {source}.\n\n{note}\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def _drop(prefix: str, suffix: str, tensors: dict[str, torch.Tensor], entries: dict[str, str]) -> None:
+    tensors.pop(f"{prefix}.{suffix}", None)
+    entries.pop(f"{prefix}.{suffix}", None)
+
+
+def write_w4a8_version0_layout(source: Path, target: Path) -> Path:
+    """W4A8_DYNAMIC "version 0" (one int4 per int8) from a tool-made per-group "1.0.0" checkpoint.
+
+    Raises:
+        ValueError: the source is not a per-group, pair-packed W4A8_DYNAMIC checkpoint.
+    """
+
+    def rewrite(prefix: str, tensors: dict[str, torch.Tensor], entries: dict[str, str]) -> None:
+        weight, scale = tensors[f"{prefix}.weight"], tensors[f"{prefix}.weight_scale"]
+        if 2 * weight.shape[0] != scale.shape[0] or f"{prefix}.weight_scale_second" not in tensors:
+            raise ValueError(f"{prefix} is not a per-group W4A8_DYNAMIC layer with two int4 per byte")
+        tensors[f"{prefix}.weight"] = unpack_int4_pairs(weight, dim=0).contiguous()
+        _drop(prefix, "scale_bias", tensors, entries)
+
+    note = "Layout: W4A8_DYNAMIC version 0, one int4 per int8, per-group scales, no scale_bias."
+    return _rewrite(Path(source), Path(target), "W4A8_DYNAMIC", rewrite, {"version": "0"}, note)
+
+
+def write_w4a16_pack_quantized_layout(source: Path, target: Path) -> Path:
+    """W4A16 in LLM-Compressor's int32 ``pack-quantized`` layout from a tool-made symmetric W4A16 checkpoint.
+
+    Raises:
+        ValueError: the source has non-zero weight offsets (pack-quantized here is symmetric).
+    """
+
+    def rewrite(prefix: str, tensors: dict[str, torch.Tensor], entries: dict[str, str]) -> None:
+        offset = tensors.get(f"{prefix}.weight_offset")
+        if offset is not None and bool((offset != 0).any()):
+            raise ValueError(f"{prefix} has non-zero weight offsets; use a symmetric W4A16 checkpoint")
+        values = unpack_int4_pairs(tensors.pop(f"{prefix}.weight"), dim=0)
+        tensors[f"{prefix}.weight_packed"] = pack_int4_to_int32(values, dim=1).contiguous()
+        tensors[f"{prefix}.weight_shape"] = torch.tensor(list(values.shape), dtype=torch.int32)
+        entries[f"{prefix}.weight_packed"] = entries[f"{prefix}.weight_shape"] = "W4A16"
+        _drop(prefix, "weight_offset", tensors, entries)
+
+    note = "Layout: W4A16 pack-quantized, weight_packed int32 [o, i/8] (offset 8, LSB first) + weight_shape."
+    return _rewrite(Path(source), Path(target), "W4A16", rewrite, {}, note)

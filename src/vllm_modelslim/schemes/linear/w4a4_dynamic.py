@@ -1,0 +1,49 @@
+"""``W4A4_DYNAMIC`` linear: per-token int4 activations × per-channel int4 weights.
+
+Math (spec §4.7, ``npu_dynamic_quant(x, quint4x2)`` and ``npu_quant_matmul``)::
+
+    x_q = round(x / s_x),  s_x[m] = max_k |x[m, k]| / 7          (int4)
+    y[m, n] = s_x[m] · s[n] · Σ_k x_q[m, k] · q[n, k] + bias[n]
+
+On disk per shard: ``weight`` int8 ``[o, i]`` holding int4 values (not
+packed), ``weight_scale``/``weight_offset`` ``[o, 1]`` (zeros). The NPU writes
+the product in fp16 before casting to the model dtype; this scheme keeps the
+float32 epilogue (no fp16 overflow or extra rounding).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_dynamic_per_token
+from vllm_modelslim.schemes.base import LinearScheme, apply_2d
+from vllm_modelslim.schemes.linear.checkpoint_tensors import INT4_IN_INT8_WEIGHT, WEIGHT_OFFSET, WEIGHT_SCALE
+from vllm_modelslim.schemes.linear.symmetric import require_int4_values, require_zero_weight_offset
+from vllm_modelslim.schemes.registry import register_scheme
+
+ACTIVATION_BITS = 4
+
+
+@register_scheme("W4A4_DYNAMIC", "linear")
+class W4A4DynamicLinearScheme(LinearScheme):
+    """Per-token int4 × int4 linear layer."""
+
+    quant_type = "W4A4_DYNAMIC"
+
+    def checkpoint_tensors(self):
+        return (INT4_IN_INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        weight = require_int4_values(self, layer.weight.data)
+        scale = self.check_scale(layer, "weight_scale").reshape(-1)
+        require_zero_weight_offset(self, layer)
+        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale)
+
+    def apply(self, layer, x, bias):
+        kernel = layer.modelslim_kernel
+
+        def forward(x2d: torch.Tensor) -> torch.Tensor:
+            x_q, x_scale = quantize_dynamic_per_token(x2d, bits=ACTIVATION_BITS)
+            return kernel(x_q, x_scale, bias, x.dtype)
+
+        return apply_2d(x, forward)
