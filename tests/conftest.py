@@ -39,3 +39,26 @@ def quantized(demo_model):
         return made[recipe]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def checkpoint(quantized):
+    """``checkpoint(recipe, handmade=None) -> Path``: tool-made, or a hand-made layout converted from it."""
+    from vllm_modelslim.examples.handmade_checkpoints import (
+        write_w4a8_version0_layout,
+        write_w4a16_pack_quantized_layout,
+    )
+    from vllm_modelslim.examples.msmodelslim_runner import cache_dir
+
+    writers = {
+        "w4a8_dynamic_version0": write_w4a8_version0_layout,
+        "w4a16_pack_quantized": write_w4a16_pack_quantized_layout,
+    }
+
+    def get(recipe: str, handmade: str | None = None) -> Path:
+        source = quantized(recipe)
+        if handmade is None:
+            return source
+        return writers[handmade](source, cache_dir() / "handmade" / f"{handmade}-{source.name}")
+
+    return get

@@ -31,7 +31,7 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription, load_description
-from vllm_modelslim.format.errors import DescriptionFormatError, UnknownQuantTypeError
+from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, UnknownQuantTypeError
 from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
 from vllm_modelslim.schemes import LayerContext, get_scheme_class, registered_quant_types
@@ -109,7 +109,7 @@ class AscendModelSlimConfig(QuantizationConfig):
         if folder.is_dir() and self.checkpoint is None:
             self.checkpoint = CheckpointIndex.scan(folder)
         self._reject_unsupported_features(self.description)
-        self._track_norm_biases(self.description)
+        self._track_norm_biases(self.description, hf_config)
         logger.info(
             "ModelSlim description %s: quant types %s",
             self.description.source,
@@ -199,9 +199,19 @@ class AscendModelSlimConfig(QuantizationConfig):
                     file=description.source,
                 )
 
-    def _track_norm_biases(self, description: QuantDescription) -> None:
+    def _track_norm_biases(self, description: QuantDescription, hf_config: Any) -> None:
         if self.checkpoint is not None:  # the tensors are the truth; the description may omit them
             names = {t.name for t in self.checkpoint if t.name.endswith(NORM_BIAS_SUFFIX)}
+            sizes = {getattr(hf_config, "hidden_size", None), getattr(hf_config, "head_dim", None)} - {None}
+            for name in sorted(names):
+                info = self.checkpoint.get(name)
+                if info is not None and (len(info.shape) != 1 or (sizes and info.shape[0] not in sizes)):
+                    raise CheckpointTensorError(
+                        f"norm bias {name!r} has shape {list(info.shape)}; a norm bias is one vector of the "
+                        f"norm's size ({sorted(sizes)})",
+                        file=info.file,
+                        layer=name.removesuffix(".bias"),
+                    )
         else:
             names = {k for k in description.entries if k.endswith(NORM_BIAS_SUFFIX)}
         if names and not register_rms_norm_bias():
