@@ -1,6 +1,6 @@
 """Decode and prefill speed of each msmodelslim checkpoint of the demo model in vLLM, vs BF16/FP32.
 
-    python benchmarks/decode_speed.py [--recipes w8a8_dynamic w8a8_static w8a16] [--new-tokens 128]
+    python benchmarks/decode_speed.py [--recipes w8a8_dynamic w4a16 ...] [--new-tokens 128] [--eager]
 
 One run starts, one after the other in this process, a vLLM engine (vLLM's
 default torch.compile mode, ``--eager`` for eager mode) for the unquantized
@@ -71,7 +71,14 @@ def measure(folder: Path, quantization: str | None, dtype: str, args) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--recipes", nargs="+", default=["w8a8_dynamic", "w8a8_static", "w8a16"])
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=[
+            "w8a8_dynamic", "w8a8_static", "w8a8_mix", "w8a16", "w4a16", "w4a8_dynamic",
+            "w4a8_dynamic_pergroup", "w4a4_dynamic", "w4a4_flatquant",
+        ],
+    )  # fmt: skip
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -100,7 +107,7 @@ def main() -> None:
     print(
         f"\nthreads={torch.get_num_threads()} new tokens={args.new_tokens} prompt={args.prompt_tokens} tokens"
     )
-    header = f"{'run':<14}" + "".join(f"{m:>18}" for m in metrics)
+    header = f"{'run':<24}" + "".join(f"{m:>18}" for m in metrics)
     print(header)
     print("-" * len(header))
     for label, values in results.items():
@@ -110,7 +117,7 @@ def main() -> None:
                 cells.append(f"{values[metric]:>9.2f} ({values[metric] / results['BF16'][metric]:.2f}x)")
             else:
                 cells.append(f"{values[metric]:>9.1f} ({values[metric] / best[metric]:.2f}x)")
-        print(f"{label:<14}" + "".join(f"{c:>18}" for c in cells))
+        print(f"{label:<24}" + "".join(f"{c:>18}" for c in cells))
     print("ratios: speed vs the best of BF16/FP32 for that phase; weights vs BF16")
 
 

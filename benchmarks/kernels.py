@@ -1,12 +1,14 @@
-"""Micro-benchmarks of the quantized linear kernels against float matmul (same threads).
+"""Micro-benchmarks of the quantized linear forwards against float matmul (same threads).
 
-    python benchmarks/kernels.py [--k 4096 --n 4096 --threads 2]
+    python benchmarks/kernels.py [--k 4096 --n 4096 --m 1 8 256 --threads 2]
 
-For M = 1, 8, 256 it times, per call: bf16 and fp32 ``matmul`` (baselines),
-the W8A8_DYNAMIC forward (per-token quantization + selected int8 GEMM kernel +
-epilogue), the W8A8 static forward and the W8A16 forward with each available
-weight-only kernel, and prints milliseconds and the ratio to bf16 measured in
-the same run (> 1 means faster than bf16).
+For each M it times, per call, bf16 and fp32 ``matmul`` (baselines) and each
+scheme's whole forward as the plugin runs it (activation quantization,
+selected kernel, epilogue): W8A8_DYNAMIC, W8A8 static, W8A16 (each weight-only
+int8 kernel), W4A16 g128 (each weight-only int4 kernel), W4A8_DYNAMIC
+per-channel and per-group g128, W4A4_DYNAMIC and FlatQuant (64 × 64
+transform). It prints milliseconds and the ratio to bf16 measured in the same
+run (> 1 means faster than bf16).
 """
 
 from __future__ import annotations
@@ -14,20 +16,26 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from vllm_modelslim.kernels import (
+    kronecker_transform,
     make_scaled_int8_mm,
+    make_weight_only_int4,
     make_weight_only_int8,
     quantize_dynamic_per_token,
     quantize_static_per_tensor,
 )
 from vllm_modelslim.kernels.platform import cpu_flags, cpu_has_int8_dot
+from vllm_modelslim.kernels.weight_only_int4 import WEIGHT_ONLY_INT4_KERNELS, WeightOnlyInt4Config
 from vllm_modelslim.kernels.weight_only_int8 import WEIGHT_ONLY_INT8_KERNELS, WeightOnlyInt8Config
 
+GROUP = 128
 
-def median_ms(fn, min_seconds: float = 0.5, min_runs: int = 5) -> float:
+
+def median_ms(fn: Callable[[], object], min_seconds: float = 0.5, min_runs: int = 5) -> float:
     fn()
     fn()
     times = []
@@ -39,6 +47,51 @@ def median_ms(fn, min_seconds: float = 0.5, min_runs: int = 5) -> float:
     return statistics.median(times) * 1e3
 
 
+def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+    """Scheme forwards over random weights: name → f(x bf16 [M, K])."""
+    torch.manual_seed(0)
+    w8 = torch.randint(-128, 128, (n, k), dtype=torch.int8)
+    w4 = torch.randint(-8, 8, (n, k), dtype=torch.int8)
+    scale = torch.rand(n) * 1e-2 + 1e-3
+    group_scale = torch.rand(n, k // GROUP) * 1e-2 + 1e-3
+    w_bf16 = torch.randn(n, k, dtype=torch.bfloat16)
+    w_fp32 = w_bf16.float()
+    dynamic = make_scaled_int8_mm(w8, scale)
+    static = make_scaled_int8_mm(w8, scale, torch.zeros(n, dtype=torch.int32))
+    w4a8 = make_scaled_int8_mm(w4, scale)
+    w4a8_group = make_scaled_int8_mm(w4, group_scale)
+    left, right = torch.randn(64, 64), torch.randn(k // 64, k // 64)
+
+    def int8_act(kernel):
+        return lambda x: kernel(*quantize_dynamic_per_token(x), None, torch.bfloat16)
+
+    layers = {
+        "bf16 matmul": lambda x: x @ w_bf16.T,
+        "fp32 matmul": lambda x: x.float() @ w_fp32.T,
+        "W8A8_DYNAMIC": int8_act(dynamic),
+        "W8A8 static": lambda x: static(quantize_static_per_tensor(x, 0.05, 3), None, None, torch.bfloat16),
+        "W4A8_DYNAMIC per-channel": int8_act(w4a8),
+        f"W4A8_DYNAMIC g{GROUP}": int8_act(w4a8_group),
+        "W4A4_DYNAMIC": lambda x: w4a8(*quantize_dynamic_per_token(x, bits=4), None, torch.bfloat16),
+        "W4A4_FLATQUANT": lambda x: w4a8(
+            *quantize_dynamic_per_token(kronecker_transform(x, left, right), bits=4, clip_ratio=0.98),
+            None,
+            torch.bfloat16,
+        ),
+    }
+    for kernel in WEIGHT_ONLY_INT8_KERNELS:
+        config = WeightOnlyInt8Config(k, n, torch.bfloat16, False)
+        if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
+            layer = make_weight_only_int8(w8, scale, None, torch.bfloat16, kernel=kernel)
+            layers[f"W8A16 ({kernel.name})"] = lambda x, layer=layer: layer(x, None)
+    for kernel in WEIGHT_ONLY_INT4_KERNELS:
+        config = WeightOnlyInt4Config(k, n, GROUP, torch.bfloat16, False)
+        if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
+            layer = make_weight_only_int4(w4, group_scale, None, torch.bfloat16, kernel=kernel)
+            layers[f"W4A16 g{GROUP} ({kernel.name})"] = lambda x, layer=layer: layer(x, None)
+    return layers
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=4096)
@@ -47,54 +100,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    k, n = args.k, args.n
     isa = torch.backends.cpu.get_cpu_capability()
     int8_flags = ", ".join(sorted(f for f in cpu_flags() if "vnni" in f or "amx" in f)) or "none"
     print(
-        f"K={k} N={n} threads={args.threads} torch={torch.__version__} cpu capability={isa} "
+        f"K={args.k} N={args.n} threads={args.threads} torch={torch.__version__} cpu capability={isa} "
         f"int8 dot product={cpu_has_int8_dot()} ({int8_flags})"
     )
-    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8)
-    scale = torch.rand(n) * 1e-2 + 1e-3
-    zero_point = torch.randint(-20, 20, (n,)).float()
-    w_bf16 = torch.randn(n, k, dtype=torch.bfloat16)
-    dynamic = make_scaled_int8_mm(w_q, scale)
-    static = make_scaled_int8_mm(w_q, scale, torch.zeros(n, dtype=torch.int32))
-    weight_only = {}
-    for kernel in WEIGHT_ONLY_INT8_KERNELS:
-        config = WeightOnlyInt8Config(k, n, torch.bfloat16, True)
-        if kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0] and kernel.name != "reference":
-            weight_only[kernel.name] = make_weight_only_int8(
-                w_q, scale, zero_point, torch.bfloat16, kernel=kernel
-            )
-    print(f"W8A8 kernel: {type(dynamic).__name__}; W8A16 kernels: {', '.join(weight_only)}")
-    header = f"{'M':>4} {'case':<28} {'ms':>9} {'x bf16':>8}"
+    layers = build_layers(args.n, args.k)
+    header = f"{'M':>4} {'forward':<36} {'ms':>9} {'x bf16':>8}"
     print(header)
     print("-" * len(header))
     for m in args.m:
-        x = torch.randn(m, k, dtype=torch.bfloat16)
+        x = torch.randn(m, args.k, dtype=torch.bfloat16)
         baseline = None
-        for name, fn in cases_for(x, w_bf16, dynamic, static, weight_only).items():
-            ms = median_ms(fn)
+        for name, layer in layers.items():
+            ms = median_ms(lambda layer=layer, x=x: layer(x))
             baseline = baseline or ms
-            print(f"{m:>4} {name:<28} {ms:>9.3f} {baseline / ms:>8.2f}")
-
-
-def cases_for(x, w_bf16, dynamic, static, weight_only) -> dict:
-    """The timed callables for one activation batch ``x`` (bf16 ``[M, K]``)."""
-    xf, w_fp32 = x.float(), w_bf16.float()
-    cases = {
-        "bf16 matmul": lambda: x @ w_bf16.T,
-        "fp32 matmul": lambda: xf @ w_fp32.T,
-        "W8A8_DYNAMIC forward": lambda: dynamic(*quantize_dynamic_per_token(x), None, torch.bfloat16),
-        "W8A8 static forward": lambda: static(
-            quantize_static_per_tensor(x, 0.05, 3), None, None, torch.bfloat16
-        ),
-    }
-    for name, layer in weight_only.items():
-        cases[f"W8A16 forward ({name})"] = lambda layer=layer: layer(x, None)
-    return cases
+            print(f"{m:>4} {name:<36} {ms:>9.3f} {baseline / ms:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -3,8 +3,9 @@
 ``vllm-modelslim demo`` runs the whole path on a fresh machine:
 
 1. build the tiny Qwen3 demo model and its tokenizer locally (cached);
-2. quantize it with the real msmodelslim to W8A8_DYNAMIC, W8A8 (static) and
-   W8A16 (cached; msmodelslim gets its own virtualenv on first use);
+2. quantize it with the real msmodelslim to W8A8_DYNAMIC, W8A8 (static),
+   W8A16, W4A16 and W4A8_DYNAMIC (cached; msmodelslim gets its own virtualenv
+   on first use; ``--recipes`` picks others, e.g. ``w4a4_flatquant``);
 3. generate greedily with vLLM from the BF16 model and from each quantized
    checkpoint with ``quantization="ascend"``;
 4. print the continuations side by side, with how many generated tokens
@@ -21,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-DEFAULT_RECIPES = ("w8a8_dynamic", "w8a8_static", "w8a16")
+DEFAULT_RECIPES = ("w8a8_dynamic", "w8a8_static", "w8a16", "w4a16", "w4a8_dynamic")
 DEFAULT_PROMPTS = (
     "Return the number of",
     "The file object",
@@ -90,7 +91,7 @@ def run_demo(
         with console.status(f"[bold]Quantizing with msmodelslim: {recipe} (cached after the first run)"):
             folder = quantize(model_dir, recipe, log=log)
         quant_types = sorted(load_description(folder).quant_types() - {"FLOAT"})
-        checkpoints.append(("/".join(quant_types) + ("" if recipe != "w8a8_static" else " (static)"), folder))
+        checkpoints.append((f"{'/'.join(quant_types)} ({recipe})", folder))
         log(f"{recipe}: {folder}")
 
     tokenizer = AutoTokenizer.from_pretrained(str(model_dir))

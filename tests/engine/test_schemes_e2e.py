@@ -163,16 +163,15 @@ def test_every_linear_layer_runs_its_scheme(engine):
     assert table["lm_head"][0] == "UnquantizedEmbeddingMethod"
 
 
-def test_greedy_tokens_match_reference(engine, prompts):
-    case, folder, llm = engine
-    reference = reference_for(folder, case.kv_consumer)
+def compare_with_reference(llm, reference: ReferenceModel, prompts, dtype: str, quant_type: str, label: str):
+    """Greedy tokens and log-probabilities of ``llm`` against ``reference`` (see the module docstring)."""
     generations = greedy_generate(llm, prompts, NEW_TOKENS)
     identical = 0
     worst_gap = worst_logprob = 0.0
     for gen in generations:
         ref = reference.greedy(gen.prompt_ids, NEW_TOKENS)
         identical += gen.token_ids == ref.token_ids
-        if case.dtype == "float32":
+        if dtype == "float32":
             assert gen.token_ids == ref.token_ids
             diffs = [abs(a - b) for a, b in zip(gen.logprobs, ref.logprobs, strict=True)]
             worst_logprob = max(worst_logprob, *diffs)
@@ -183,17 +182,23 @@ def test_greedy_tokens_match_reference(engine, prompts):
             worst_gap = max(worst_gap, float(logprobs[step].max() - logprobs[step, token]))
             worst_logprob = max(worst_logprob, abs(float(logprobs[step, token]) - vllm_logprob))
     print(
-        f"\n{case.id}: identical greedy sequences {identical}/{len(generations)}, "
+        f"\n{label}: identical greedy sequences {identical}/{len(generations)}, "
         f"max |logprob - reference| {worst_logprob:.2e}, max top-1 gap of vLLM's token {worst_gap:.3f}"
     )
-    if case.dtype == "float32":
-        assert worst_logprob <= (1e-4 if case.quant_type in WEIGHT_ONLY else 2e-2)
+    if dtype == "float32":
+        assert worst_logprob <= (1e-4 if quant_type in WEIGHT_ONLY else 2e-2)
     else:
         gap_bound, logprob_bound = BF16_BOUNDS[
-            "int4_activations" if case.quant_type in INT4_ACTIVATIONS else "default"
+            "int4_activations" if quant_type in INT4_ACTIVATIONS else "default"
         ]
         assert worst_gap <= gap_bound
         assert worst_logprob <= logprob_bound
+
+
+def test_greedy_tokens_match_reference(engine, prompts):
+    case, folder, llm = engine
+    reference = reference_for(folder, case.kv_consumer)
+    compare_with_reference(llm, reference, prompts, case.dtype, case.quant_type, case.id)
 
 
 def test_top1_agreement_with_unquantized_model(engine, demo_model, eval_sequences):

@@ -40,7 +40,9 @@ def int4_case(m, n, k, group, zero_point, dtype, seed=0):
 
 @pytest.mark.parametrize("kernel", INT4_KERNELS, ids=lambda k: k.name)
 @pytest.mark.parametrize("m", [1, 7, 33])
-@pytest.mark.parametrize("n,k,group", [(64, 256, 64), (32, 96, 32), (48, 768, 128), (16, 64, 16)])
+@pytest.mark.parametrize(
+    "n,k,group", [(64, 256, 64), (32, 96, 32), (48, 768, 128), (16, 64, 16), (16, 250, 50), (7, 13, 13)]
+)
 @pytest.mark.parametrize("zero_point", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_weight_only_int4_matches_reference(kernel, m, n, k, group, zero_point, dtype):
@@ -69,7 +71,9 @@ def test_int4_selection_and_constraints():
 
 
 @pytest.mark.parametrize("kernel", INT8_KERNELS, ids=lambda k: k.name)
-@pytest.mark.parametrize("m,n,k,groups", [(1, 16, 128, 2), (9, 24, 256, 4), (40, 8, 192, 3)])
+@pytest.mark.parametrize(
+    "m,n,k,groups", [(1, 16, 128, 2), (9, 24, 256, 4), (40, 8, 192, 3), (3, 8, 250, 2), (2, 5, 13, 1)]
+)
 def test_grouped_int8_gemm_matches_reference(kernel, m, n, k, groups):
     g = torch.Generator().manual_seed(1)
     x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
