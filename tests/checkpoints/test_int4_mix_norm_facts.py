@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from ckpt_utils import relative_error, tensors
 
 from vllm_modelslim.format import load_description
 from vllm_modelslim.kernels import quantize_dynamic_per_token, scaled_int8_mm_reference
@@ -10,17 +10,6 @@ from vllm_modelslim.kernels.int4_packing import unpack_int4_pairs
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN_PROJ = "model.layers.0.mlp.down_proj"
-
-
-def tensors(folder):
-    out = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(path)))
-    return out
-
-
-def relative_error(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def group_expand(values, k):

@@ -2,24 +2,13 @@
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from ckpt_utils import relative_error, tensors
 
 from vllm_modelslim.format import CheckpointIndex, load_description
 from vllm_modelslim.kernels import dequantize_int8_weight
 from vllm_modelslim.schemes import LayerContext, get_scheme_class
 
 LAYER = "model.layers.1.mlp.down_proj"
-
-
-def tensors(folder):
-    out = {}
-    for path in sorted(folder.glob("*.safetensors")):
-        out.update(load_file(str(path)))
-    return out
-
-
-def relative_error(a, b):
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
 
 
 def test_asymmetric_w8a16_offset_is_a_zero_point_to_subtract(quantized, demo_model):

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_dynamic_per_token
+from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.kernels.int4_packing import unpack_int4_pairs
-from vllm_modelslim.schemes.base import LayerContext, LinearScheme, apply_2d, infer_group_size
+from vllm_modelslim.schemes.base import LayerContext, LinearScheme, infer_group_size
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT4_IN_INT8_WEIGHT,
     INT4_PAIRS_WEIGHT,
@@ -40,6 +40,7 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     WEIGHT_SCALE,
     scale_bias,
 )
+from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
 from vllm_modelslim.schemes.linear.symmetric import require_int4_values, require_zero_weight_offset
 from vllm_modelslim.schemes.registry import register_scheme
 
@@ -87,10 +88,4 @@ class W4A8DynamicLinearScheme(LinearScheme):
         layer.modelslim_kernel = make_scaled_int8_mm(weight, scale)
 
     def apply(self, layer, x, bias):
-        kernel = layer.modelslim_kernel
-
-        def forward(x2d: torch.Tensor) -> torch.Tensor:
-            x_q, x_scale = quantize_dynamic_per_token(x2d)
-            return kernel(x_q, x_scale, bias, x.dtype)
-
-        return apply_2d(x, forward)
+        return apply_dynamic(layer.modelslim_kernel, x, bias)

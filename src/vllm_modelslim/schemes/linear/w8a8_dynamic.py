@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_dynamic_per_token
-from vllm_modelslim.schemes.base import LinearScheme, apply_2d
+from vllm_modelslim.kernels import make_scaled_int8_mm
+from vllm_modelslim.schemes.base import LinearScheme
 from vllm_modelslim.schemes.linear.checkpoint_tensors import INT8_WEIGHT, WEIGHT_OFFSET, WEIGHT_SCALE
+from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
 from vllm_modelslim.schemes.linear.symmetric import require_zero_weight_offset
 from vllm_modelslim.schemes.registry import register_scheme
 
@@ -35,10 +36,4 @@ class W8A8DynamicLinearScheme(LinearScheme):
         layer.modelslim_kernel = make_scaled_int8_mm(layer.weight.data, weight_scale)
 
     def apply(self, layer, x, bias):
-        kernel = layer.modelslim_kernel
-
-        def forward(x2d: torch.Tensor) -> torch.Tensor:
-            x_q, x_scale = quantize_dynamic_per_token(x2d)
-            return kernel(x_q, x_scale, bias, x.dtype)
-
-        return apply_2d(x, forward)
+        return apply_dynamic(layer.modelslim_kernel, x, bias)

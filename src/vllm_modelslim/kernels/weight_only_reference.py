@@ -1,0 +1,45 @@
+"""Float64 oracle shared by the weight-only kernel families (int8 per-channel, int4 per-group).
+
+A per-channel scale is the one-group case of per-group scales, so one
+dequantization serves both: ``W[n, k] = (q[n, k] − z[n, j]) · s[n, j]`` with
+``j = k // (K / G)``, then ``y = x · Wᵀ + b``, all in float64.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def dequantize_weight(
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    zero_point: torch.Tensor | None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    """``(q − z)·s`` as ``[N, K]`` in ``dtype``, computed in float64.
+
+    Args:
+        weight: int8 ``[N, K]`` (int8 or int4 values).
+        weight_scale: ``[N]``, ``[N, 1]`` or per-group ``[N, G]`` (``G`` divides K).
+        zero_point: same shape as ``weight_scale``, or None.
+    """
+    groups = weight_scale.shape[1] if weight_scale.dim() == 2 else 1
+    q = weight.to(torch.float64).unflatten(1, (groups, -1))
+    if zero_point is not None:
+        q = q - zero_point.to(torch.float64).reshape(weight.shape[0], groups, 1)
+    return (q * weight_scale.to(torch.float64).reshape(weight.shape[0], groups, 1)).flatten(1).to(dtype)
+
+
+def weight_only_reference(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    zero_point: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """``x · ((q − z)·s)ᵀ + b`` in float64, cast to ``out_dtype`` (default ``x.dtype``)."""
+    y = x.to(torch.float64) @ dequantize_weight(weight, weight_scale, zero_point).T
+    if bias is not None:
+        y = y + bias.to(torch.float64)
+    return y.to(out_dtype or x.dtype)
