@@ -12,12 +12,15 @@ a few) and:
   identical and log-probabilities agree to 1e-4 for weight-only schemes; with
   activation quantization, fp32-level differences in a layer's input flip the
   rounding of single activations now and then (each flip is worth up to
-  ~1e-2 nats on this model), so those agree to 2e-2. In bfloat16, vLLM's and
-  the reference's float rounding differ, so sequences may branch at near-ties:
-  every token vLLM picks must be within ``BF16_BOUNDS`` of the reference's best
-  token and its log-probability within the same bound (int4 activations turn
-  bf16 rounding of their inputs into flips of ~5% of the values, hence the
-  wider W4A4 bounds; their exactness is checked in float32);
+  ~1e-2 nats on this model), so those agree to 1e-3 on average and 5e-2 at
+  worst. In bfloat16, vLLM's and the reference's float rounding differ, and
+  bf16 rounding of an activation is as coarse as its int8 quantization step,
+  so sequences branch at near-ties and single tokens can differ by tenths of a
+  nat: vLLM's tokens are teacher-forced through the reference and the mean
+  log-probability difference, the mean gap to the reference's best token and
+  the largest gap are bounded (``BF16_BOUNDS``; int4 activations, where bf16
+  rounding flips ~5% of the quantized values, get wider bounds; their
+  exactness is checked in float32);
 * teacher-forced top-1 agreement with the unquantized model is reported and
   must stay above a per-scheme floor.
 """
@@ -40,10 +43,12 @@ NEW_TOKENS = 32
 PROMPT_TOKENS = 12
 WEIGHT_ONLY = {"W8A16", "W4A16"}
 INT4_ACTIVATIONS = {"W4A4_DYNAMIC", "W4A4_FLATQUANT_DYNAMIC"}
-# (max top-1 gap of vLLM's token, max |logprob - reference|) in bf16. Observed on a Xeon
-# (AVX512): int8-activation and weight-only schemes <= 0.23 / 0.17; int4 activations
-# <= 1.02 / 0.88. A wrong zero-point sign gives 9.0 / 6.9.
-BF16_BOUNDS = {"default": (0.4, 0.4), "int4_activations": (1.5, 1.5)}
+# bf16 bounds: (mean |logprob - reference|, mean top-1 gap of vLLM's token, max gap).
+# Observed on a Xeon (AVX512): int8-activation and weight-only schemes mean <= 0.025,
+# mean gap <= 0.002, max gap <= 0.23 (single tokens can reach 0.7 |logprob| difference:
+# bf16 rounding of an activation is as coarse as its int8 step); int4 activations mean
+# <= 0.11, mean gap <= 0.03, max gap <= 1.02. A wrong zero-point sign: max gap 9.0.
+BF16_BOUNDS = {"default": (0.06, 0.02, 1.0), "int4_activations": (0.25, 0.1, 2.0)}
 # Teacher-forced top-1 agreement with the unquantized model (observed: W8 97-99.7%,
 # W4A16 92-94%, W4A8 91-94%, W4A4 81-82%, FlatQuant 85-87%).
 TOP1_FLOOR = {
@@ -167,32 +172,39 @@ def compare_with_reference(llm, reference: ReferenceModel, prompts, dtype: str, 
     """Greedy tokens and log-probabilities of ``llm`` against ``reference`` (see the module docstring)."""
     generations = greedy_generate(llm, prompts, NEW_TOKENS)
     identical = 0
-    worst_gap = worst_logprob = 0.0
+    gaps: list[float] = []
+    diffs: list[float] = []
     for gen in generations:
         ref = reference.greedy(gen.prompt_ids, NEW_TOKENS)
         identical += gen.token_ids == ref.token_ids
         if dtype == "float32":
             assert gen.token_ids == ref.token_ids
-            diffs = [abs(a - b) for a, b in zip(gen.logprobs, ref.logprobs, strict=True)]
-            worst_logprob = max(worst_logprob, *diffs)
+            diffs += [abs(a - b) for a, b in zip(gen.logprobs, ref.logprobs, strict=True)]
             continue
         # bf16: teacher-force vLLM's sequence through the reference.
         logprobs = reference.token_logprobs(gen.prompt_ids + gen.token_ids)[len(gen.prompt_ids) - 1 :]
         for step, (token, vllm_logprob) in enumerate(zip(gen.token_ids, gen.logprobs, strict=True)):
-            worst_gap = max(worst_gap, float(logprobs[step].max() - logprobs[step, token]))
-            worst_logprob = max(worst_logprob, abs(float(logprobs[step, token]) - vllm_logprob))
+            gaps.append(float(logprobs[step].max() - logprobs[step, token]))
+            diffs.append(abs(float(logprobs[step, token]) - vllm_logprob))
+    d = torch.tensor(diffs)
+    g = torch.tensor(gaps or [0.0])
     print(
-        f"\n{label}: identical greedy sequences {identical}/{len(generations)}, "
-        f"max |logprob - reference| {worst_logprob:.2e}, max top-1 gap of vLLM's token {worst_gap:.3f}"
+        f"\n{label}: identical greedy sequences {identical}/{len(generations)}, |logprob - reference| "
+        f"mean {d.mean():.2e} p95 {d.quantile(0.95):.2e} max {d.max():.2e}; top-1 gap of vLLM's token "
+        f"mean {g.mean():.3f} max {g.max():.3f}"
     )
     if dtype == "float32":
-        assert worst_logprob <= (1e-4 if quant_type in WEIGHT_ONLY else 2e-2)
+        if quant_type in WEIGHT_ONLY:
+            assert float(d.max()) <= 1e-4
+        else:
+            assert float(d.mean()) <= 1e-3 and float(d.max()) <= 5e-2
     else:
-        gap_bound, logprob_bound = BF16_BOUNDS[
+        mean_bound, gap_bound, max_gap_bound = BF16_BOUNDS[
             "int4_activations" if quant_type in INT4_ACTIVATIONS else "default"
         ]
-        assert worst_gap <= gap_bound
-        assert worst_logprob <= logprob_bound
+        assert float(d.mean()) <= mean_bound
+        assert float(g.mean()) <= gap_bound
+        assert float(g.max()) <= max_gap_bound
 
 
 def test_greedy_tokens_match_reference(engine, prompts):

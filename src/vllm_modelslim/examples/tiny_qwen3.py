@@ -19,6 +19,7 @@ import importlib
 import inspect
 import json
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -141,18 +142,30 @@ class TinyQwen3Spec:
 
 
 def corpus_texts(min_chars: int = 40) -> list[str]:
-    """Docstrings of the public names of :data:`CORPUS_MODULES`, in a fixed order."""
+    """Distinct docstrings of the public classes and functions of :data:`CORPUS_MODULES`, in a fixed order.
+
+    Only objects defined by the module itself (or its C accelerator, e.g.
+    ``_socket`` for ``socket``) count: names other code patches in at run time
+    (pytest replaces ``pdb.set_trace`` and ``threading.excepthook``, for
+    example) would make the corpus, hence the tokenizer and the model, depend
+    on the caller. Constants are skipped (their "docstring" is their type's).
+    """
     texts: list[str] = []
+    seen: set[str] = set()
     for module_name in CORPUS_MODULES:
         try:
             module = importlib.import_module(module_name)
         except ImportError:
             continue
         for name, obj in sorted(vars(module).items()):
-            if name.startswith("_"):
+            owner = getattr(obj, "__module__", None)
+            if name.startswith("_") or not isinstance(owner, str):
+                continue
+            if owner.lstrip("_") != module.__name__ or owner.partition(".")[0] not in sys.stdlib_module_names:
                 continue
             doc = inspect.getdoc(obj)
-            if doc and len(doc) > min_chars:
+            if doc and len(doc) > min_chars and doc not in seen:
+                seen.add(doc)
                 texts.append(doc)
     return texts
 
@@ -292,8 +305,6 @@ def cached_tiny_qwen3(
     The cache key covers the spec and the Python version (the training text
     comes from the standard library's docstrings).
     """
-    import sys
-
     from vllm_modelslim.examples.msmodelslim_runner import cache_dir
 
     spec = spec or TinyQwen3Spec()
