@@ -150,7 +150,7 @@ def describe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | None, 
         if isinstance(module, LinearBase) or name.endswith("lm_head"):
             method = module.quant_method
             scheme = getattr(method, "scheme", None)
-            consumer = getattr(module, "modelslim_kv_consumer", None)
+            consumer = getattr(scheme, "kv_consumer", None)
             table[name] = (type(method).__name__, getattr(scheme, "quant_type", None), consumer)
     return table
 

@@ -55,6 +55,8 @@ class QuantRecipe:
         equal_length_calibration: FlatQuant needs every calibration sample to
             tokenize to the same length.
         extended: slow (minutes); run by the extended test command only.
+        moe: a Qwen3-MoE recipe: every routed expert must come out quantized
+            (with transformers 5.x msmodelslim silently leaves them FLOAT).
     """
 
     name: str
@@ -66,6 +68,20 @@ class QuantRecipe:
     seconds: int = 15
     equal_length_calibration: bool = False
     extended: bool = False
+    moe: bool = False
+
+
+MOE_MODEL_TYPE = "Qwen3-30B"
+"""``--model_type`` that selects msmodelslim's qwen3_moe adapter."""
+MOE_TRANSFORMERS = "4.57.6"
+"""The transformers version whose per-expert modules msmodelslim's MoE adapter recognises."""
+
+
+def _moe(name: str, quant_types: tuple[str, ...], seconds: int = 30) -> QuantRecipe:
+    return QuantRecipe(
+        name, f"{name}.yaml", quant_types, msmodelslim_model_type=MOE_MODEL_TYPE,
+        transformers=MOE_TRANSFORMERS, seconds=seconds, moe=True,
+    )  # fmt: skip
 
 
 RECIPES: dict[str, QuantRecipe] = {
@@ -100,6 +116,14 @@ RECIPES: dict[str, QuantRecipe] = {
             seconds=150,
             extended=True,
         ),
+        # Tiny Qwen3-MoE (examples/tiny_qwen3_moe.py); the router (mlp.gate) stays FLOAT.
+        _moe("moe_w8a8_dynamic", ("W8A8_DYNAMIC",)),
+        _moe("moe_w8a8_static", ("W8A8",)),
+        _moe("moe_w8a8_mix", ("W8A8_MIX",)),
+        _moe("moe_w8a16", ("W8A16",)),
+        _moe("moe_w4a16", ("W4A16",)),
+        _moe("moe_w4a8_dynamic", ("W8A8_DYNAMIC", "W4A8_DYNAMIC")),
+        _moe("moe_w4a8_dynamic_pergroup", ("W4A8_DYNAMIC",), seconds=45),
     )  # fmt: skip
 }
 """Recipes by name. All but the ``extended`` ones take seconds on the demo model."""
@@ -306,6 +330,13 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
             f"msmodelslim finished but {partial} has no {sorted(missing)} layers "
             f"(found {sorted(description.quant_types())}); see msmodelslim.log there"
         )
+    if recipe.moe:
+        float_experts = sorted(k for k, v in description.entries.items() if ".experts." in k and v == "FLOAT")
+        if float_experts or not any(".experts." in k for k in description.entries):
+            raise RuntimeError(
+                f"msmodelslim finished but left MoE experts unquantized in {partial} "
+                f"(e.g. {float_experts[:2]}); its MoE adapter needs transformers {MOE_TRANSFORMERS}"
+            )
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     (out / ".complete").write_text(recipe.name + "\n")

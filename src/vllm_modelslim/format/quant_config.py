@@ -36,6 +36,8 @@ from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
 from vllm_modelslim.schemes import LayerContext, get_scheme_class, registered_quant_types
 from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
+from vllm_modelslim.schemes.moe import MoEContext
+from vllm_modelslim.schemes.moe_method import ModelSlimFusedMoEMethod
 from vllm_modelslim.schemes.norm_bias import NORM_BIAS_SUFFIX, NormBiasTracker, register_rms_norm_bias
 
 logger = init_logger(__name__)
@@ -137,8 +139,7 @@ class AscendModelSlimConfig(QuantizationConfig):
             self._reject_quantized(prefix, "a quantized embedding or lm_head", required=False)
             return None  # vLLM's unquantized embedding
         if isinstance(layer, RoutedExperts):
-            self._reject_quantized(prefix, "quantized MoE experts", required=True)
-            return None  # vLLM's unquantized fused MoE
+            return self._moe_method(layer, prefix)  # None: vLLM's unquantized fused MoE
         return None
 
     # --- helpers -------------------------------------------------------------
@@ -178,6 +179,30 @@ class AscendModelSlimConfig(QuantizationConfig):
         )
         tracker = self.norm_bias_tracker
         return ModelSlimLinearMethod(scheme_cls(context), after_loading=tracker.check if tracker else None)
+
+    def _moe_method(self, layer: RoutedExperts, prefix: str) -> QuantizeMethodBase | None:
+        description = self._require_description()
+        layer_quant = self._resolve(prefix)
+        if layer_quant is None or layer_quant.is_float:
+            return None
+        scheme_cls = get_scheme_class(layer_quant.quant_type, "moe")
+        if scheme_cls is None:
+            raise UnknownQuantTypeError(
+                f"quant type {layer_quant.quant_type!r} has no MoE scheme; supported for experts: "
+                f"{registered_quant_types('moe') + ['FLOAT']}",
+                file=description.source,
+                layer=prefix,
+            )
+        context = MoEContext(
+            prefix=prefix,
+            quant_type=layer_quant.quant_type,
+            checkpoint_prefix=self._name_map.get(prefix, prefix),
+            projections=(layer.ckpt_gate_proj_name, layer.ckpt_up_proj_name or "", layer.ckpt_down_proj_name),
+            num_experts=layer.moe_config.num_logical_experts,
+            description=description,
+            checkpoint=self.checkpoint,
+        )
+        return ModelSlimFusedMoEMethod(scheme_cls(context), layer.moe_config)
 
     def _reject_quantized(self, prefix: str, what: str, *, required: bool) -> None:
         """Raise if the description quantizes a layer kind that has no scheme yet."""

@@ -1,8 +1,9 @@
 """Reference forward of a (ModelSlim-quantized) checkpoint: Hugging Face model + reference linears.
 
 The model architecture comes from ``transformers`` (the checkpoint's
-``config.json``), runs in float32, and every linear layer the description
-quantizes is replaced by :class:`ReferenceQuantizedLinear`. It has no KV cache
+``config.json``), runs in float32, every linear layer the description
+quantizes is replaced by :class:`ReferenceQuantizedLinear`, and the routed
+experts of MoE layers by :class:`~vllm_modelslim.reference.moe.ReferenceExperts`. It has no KV cache
 tricks, no batching and no fused kernels: slow, simple, and independent of
 vLLM, which makes it the oracle for the end-to-end tests.
 """
@@ -21,6 +22,7 @@ from vllm_modelslim.format.description import (
     find_description_file,
     parse_description_file,
 )
+from vllm_modelslim.reference.moe import ReferenceExperts
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 
 
@@ -70,6 +72,7 @@ class ReferenceModel:
             tensors.update(load_file(str(path)))
         self.description = self._description(model_dir)
         self.kv_consumer = kv_consumer
+        self.expert_layers = self._replace_experts(tensors)
         self.quantized_layers = self._replace_quantized_linears(tensors)
         norm_biases = {k: tensors.pop(k) for k in list(tensors) if k.endswith("norm.bias")}
         remaining = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
@@ -84,6 +87,23 @@ class ReferenceModel:
         if not any(model_dir.glob("quant_model_description*.json")):
             return None
         return parse_description_file(find_description_file(model_dir))
+
+    def _replace_experts(self, tensors: dict[str, torch.Tensor]) -> dict[str, set[str]]:
+        """Replace each routed-experts module stored per expert by :class:`ReferenceExperts`."""
+        replaced: dict[str, set[str]] = {}
+        num_experts = getattr(self.model.config, "num_experts", None) or getattr(
+            self.model.config, "num_local_experts", None
+        )
+        for name, _module in list(self.model.named_modules()):
+            if not name.endswith(".experts") or f"{name}.0.gate_proj.weight" not in tensors:
+                continue
+            experts = ReferenceExperts(
+                name, num_experts, tensors, self.description, self.dtype, self.kv_consumer
+            )
+            parent_name, _, child = name.rpartition(".")
+            setattr(self.model.get_submodule(parent_name), child, experts)
+            replaced[name] = experts.quant_types
+        return replaced
 
     def _replace_quantized_linears(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
         replaced: dict[str, str] = {}

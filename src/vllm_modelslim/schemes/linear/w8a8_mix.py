@@ -49,21 +49,14 @@ class W8A8MixLinearScheme(LinearScheme):
         super().__init__(context)
         self.static = W8A8StaticLinearScheme(context)
         self.dynamic = W8A8DynamicLinearScheme(context)
+        self.kv_consumer = is_kv_consumer()  # schemes are built with the model, under its vLLM config
 
     def checkpoint_tensors(self):
         return (INT8_WEIGHT, QUANT_BIAS, INPUT_SCALE, INPUT_OFFSET, DEQ_SCALE, WEIGHT_SCALE, WEIGHT_OFFSET)
 
-    def create_weights(
-        self, layer, input_size_per_partition, output_partition_sizes, params_dtype, weight_loader
-    ):
-        super().create_weights(
-            layer, input_size_per_partition, output_partition_sizes, params_dtype, weight_loader
-        )
-        layer.modelslim_kv_consumer = is_kv_consumer()
-
     def active(self, layer: torch.nn.Module) -> LinearScheme:
         """The scheme whose math this instance runs."""
-        return self.static if layer.modelslim_kv_consumer else self.dynamic
+        return self.static if self.kv_consumer else self.dynamic
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         self.active(layer).process_weights_after_loading(layer)

@@ -1,0 +1,113 @@
+"""Grouped expert computation of a routed mixture of experts: dispatch, per-expert forward, combine.
+
+Routing (``topk_ids``/``topk_weights``) is done by vLLM before the quant
+method runs. What is left is the generic part of every fused-MoE forward
+(vLLM Ascend's dispatch → grouped MLP → combine, spec §4.11)::
+
+    out[t] = Σ_j topk_weights[t, j] · expert_{topk_ids[t, j]}(x[t])
+
+The experts themselves are callables ``[rows, H] -> [rows, H]`` (quantized
+SwiGLU MLPs built by a MoE scheme); the kernels here only decide which rows
+each expert sees. :func:`grouped_experts_forward` sorts the routed rows by
+expert and calls each active expert once on all its rows (one GEMM per
+projection per active expert); :func:`grouped_experts_reference` calls the
+expert once per (token, slot) and sums in float64, the oracle it is tested
+against. Row-wise expert math (per-token activation quantization included)
+makes the two agree up to the float64-vs-float32 combine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+ExpertForward = Callable[[torch.Tensor], torch.Tensor]
+"""One expert: ``[rows, H]`` in the activation dtype → ``[rows, H]``."""
+
+
+def _local_ids(topk_ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
+    ids = topk_ids.to(torch.long)
+    return ids if expert_map is None else expert_map.to(torch.long)[ids]
+
+
+def grouped_experts_forward(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    experts: Sequence[ExpertForward],
+    expert_map: torch.Tensor | None = None,
+    apply_router_weight_on_input: bool = False,
+) -> torch.Tensor:
+    """Weighted sum of the selected experts' outputs, one call per active expert.
+
+    Args:
+        x: ``[T, H]`` activations (bf16/fp16/fp32).
+        topk_weights: ``[T, k]`` routing weights (any float dtype; used in float32).
+        topk_ids: ``[T, k]`` expert ids (int32/int64), global when ``expert_map`` is given.
+        experts: one forward per local expert.
+        expert_map: ``[E_global]`` global → local id, −1 for experts of other
+            ranks (expert parallelism); None when every expert is local.
+        apply_router_weight_on_input: scale the expert's input instead of its
+            output by the routing weight (vLLM's option for top-1 routing).
+
+    Returns:
+        ``[T, H]`` in ``x.dtype`` (accumulated in float32).
+    """
+    tokens, k = topk_ids.shape
+    ids = _local_ids(topk_ids, expert_map).reshape(-1)
+    weights = topk_weights.to(torch.float32).reshape(-1)
+    rows = torch.arange(tokens, device=x.device).repeat_interleave(k)
+    keep = ids >= 0
+    if not bool(keep.all()):
+        ids, weights, rows = ids[keep], weights[keep], rows[keep]
+    order = torch.argsort(ids, stable=True)
+    ids, weights, rows = ids[order], weights[order], rows[order]
+    counts = torch.bincount(ids, minlength=len(experts)).tolist()
+    out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
+    start = 0
+    for expert, count in enumerate(counts):
+        if count == 0:
+            continue
+        stop = start + count
+        token_rows, row_weights = rows[start:stop], weights[start:stop, None]
+        inputs = x[token_rows]
+        if apply_router_weight_on_input:
+            y = experts[expert]((inputs.to(torch.float32) * row_weights).to(x.dtype)).to(torch.float32)
+        else:
+            y = experts[expert](inputs).to(torch.float32) * row_weights
+        out.index_add_(0, token_rows, y)
+        start = stop
+    return out.to(x.dtype)
+
+
+def grouped_experts_reference(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    experts: Sequence[ExpertForward],
+    expert_map: torch.Tensor | None = None,
+    apply_router_weight_on_input: bool = False,
+) -> torch.Tensor:
+    """Oracle of :func:`grouped_experts_forward`: one expert call per (token, slot), float64 sum."""
+    ids = _local_ids(topk_ids, expert_map)
+    out = torch.zeros(x.shape, dtype=torch.float64)
+    for t in range(x.shape[0]):
+        for j in range(ids.shape[1]):
+            expert = int(ids[t, j])
+            if expert < 0:
+                continue
+            weight = float(topk_weights[t, j])
+            row = x[t : t + 1]
+            if apply_router_weight_on_input:
+                y = experts[expert]((row.to(torch.float32) * weight).to(x.dtype)).to(torch.float64)
+            else:
+                y = experts[expert](row).to(torch.float64) * weight
+            out[t] += y[0]
+    return out.to(x.dtype)
+
+
+def swiglu(gate_up: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``silu(gate) · up`` of ``gate_up`` ``[rows, 2I]`` (gate first), in float32, returned in ``dtype``."""
+    gate, up = gate_up.to(torch.float32).chunk(2, dim=-1)
+    return (torch.nn.functional.silu(gate) * up).to(dtype)

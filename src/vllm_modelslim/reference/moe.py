@@ -1,0 +1,86 @@
+"""Reference routed experts built straight from per-expert checkpoint tensors.
+
+Hugging Face's Qwen3-MoE (transformers 5) keeps its experts as fused 3-D
+parameters and calls them as ``experts(hidden [T, H], top_k_index [T, k],
+top_k_weights [T, k])``. :class:`ReferenceExperts` takes that place: each
+expert is three projections (``gate_proj``, ``up_proj``, ``down_proj``), either
+float or a :class:`~vllm_modelslim.reference.quantized_linear.ReferenceQuantizedLinear`
+of the description's quant type, and the layer output is
+``Σ_j w_j · down(silu(gate(x)) · up(x))`` over the selected experts, computed
+token by token (spec §4.2 math). It shares no code with the vLLM path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, MutableMapping
+
+import torch
+
+from vllm_modelslim.format.description import FLOAT, QuantDescription
+from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
+
+EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _float_linear(weight: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+    weight = weight.to(dtype)
+    return lambda x: x @ weight.t()
+
+
+class ReferenceExperts(torch.nn.Module):
+    """All routed experts of one MoE layer, computed one (token, expert) pair at a time.
+
+    Args:
+        prefix: checkpoint prefix of the layer (``model.layers.0.mlp.experts``).
+        num_experts: experts in the layer.
+        tensors: checkpoint tensors by name; this layer's are removed from it.
+        description: the checkpoint's description (None: float experts).
+        dtype: compute dtype of float experts and of the activations between projections.
+        kv_consumer: W8A8_MIX experts compute as on a KV-consumer instance.
+
+    Raises:
+        KeyError: an expert's tensors are missing.
+    """
+
+    def __init__(
+        self,
+        prefix: str,
+        num_experts: int,
+        tensors: MutableMapping[str, torch.Tensor],
+        description: QuantDescription | None,
+        dtype: torch.dtype,
+        kv_consumer: bool = False,
+    ):
+        super().__init__()
+        self.dtype = dtype
+        self.quant_types: set[str] = set()
+        self.experts: list[dict[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+        for expert in range(num_experts):
+            projections = {}
+            for proj in EXPERT_PROJECTIONS:
+                name = f"{prefix}.{expert}.{proj}"
+                own = {k[len(name) + 1 :]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
+                quant_type = description.quant_type(f"{name}.weight") if description else None
+                if quant_type in (None, FLOAT):
+                    projections[proj] = _float_linear(own["weight"], dtype)
+                else:
+                    projections[proj] = ReferenceQuantizedLinear(quant_type, own, None, kv_consumer)
+                    self.quant_types.add(quant_type)
+            self.experts.append(projections)
+
+    def expert_forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:
+        """One expert's SwiGLU MLP on ``x`` ``[rows, H]`` (activations kept in the model dtype)."""
+        p = self.experts[expert]
+        gate, up = p["gate_proj"](x).to(torch.float32), p["up_proj"](x).to(torch.float32)
+        return p["down_proj"]((torch.nn.functional.silu(gate) * up).to(self.dtype))
+
+    def forward(
+        self, hidden_states: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor
+    ) -> torch.Tensor:
+        x = hidden_states.to(self.dtype)
+        out = torch.zeros(x.shape, dtype=torch.float64)
+        for t in range(x.shape[0]):
+            for j in range(top_k_index.shape[1]):
+                y = self.expert_forward(int(top_k_index[t, j]), x[t : t + 1])
+                out[t] += float(top_k_weights[t, j]) * y[0].to(torch.float64)
+        return out.to(hidden_states.dtype)

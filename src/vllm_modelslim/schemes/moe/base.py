@@ -1,0 +1,334 @@
+"""Base of the MoE schemes: a routed expert is a SwiGLU MLP of two quantized projections.
+
+vLLM fuses every expert of a layer into one ``FusedMoE`` module whose
+parameters are stacked per expert: ``w13_*`` (gate rows then up rows, the
+layout of a fused gate/up linear) and ``w2_*`` (down). On disk each expert is
+stored like three ordinary linear layers
+(``experts.<e>.{gate,up,down}_proj.<suffix>``, spec §1.5, §4.2-§4.5), with
+exactly the tensors of the same quant type's linear scheme. A MoE scheme
+therefore names the linear scheme of its projections
+(:attr:`MoEScheme.projection_scheme`) and reuses its declarations, its
+checks and its kernels; what it adds is the MoE part:
+
+* parameters ``[E, ...]`` declared from the projection scheme's tensors, with
+  the attributes vLLM's expert loader needs to place each expert's shards
+  (``quant_method`` channel/group, tensor-parallel slicing of w13 rows and w2
+  columns), and per-shard scalars (static ``input_scale``/``input_offset``,
+  ``weight_shape``) kept per (expert, shard);
+* after loading, one pair of projection kernels per local expert, built by the
+  projection scheme from that expert's slice;
+* the forward: ``y = w2(swiglu(w13(x)))`` per expert, with per-expert
+  activation quantization done by the projection scheme (spec §4.2: dynamic
+  per-token int8 before each grouped GEMM), and the weighted combine of
+  :mod:`vllm_modelslim.kernels.grouped_experts`.
+
+The SwiGLU runs in float32 and is rounded to the activation dtype before the
+down projection quantizes it (on the NPU the fused swiglu-quant kernel
+quantizes the float32 product directly; the two differ only in bf16 runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from vllm.model_executor.layers.fused_moe import FusedMoeWeightScaleSupported
+from vllm.model_executor.utils import set_weight_attrs
+
+from vllm_modelslim.format.checkpoint import CheckpointIndex
+from vllm_modelslim.format.description import QuantDescription
+from vllm_modelslim.format.errors import CheckpointTensorError
+from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
+from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
+from vllm_modelslim.schemes.base import LayerContext, LinearScheme
+
+W13, W2 = "w13", "w2"
+"""vLLM's names of the fused gate/up and the down projection parameters."""
+
+_SHARD_INDEX = {W13: {"w1": 0, "w3": 1}, W2: {"w2": 0}}
+"""vLLM's expert shard ids (w1 = gate, w3 = up, w2 = down) → shard slot of per-shard tensors."""
+
+
+@dataclass(frozen=True)
+class MoEContext:
+    """What a MoE scheme knows about its ``FusedMoE`` layer.
+
+    Attributes:
+        prefix: vLLM layer prefix (``model.layers.0.mlp.experts``).
+        quant_type: the description's quant type of the experts.
+        checkpoint_prefix: the same layer in the checkpoint's naming.
+        projections: checkpoint names of the gate, up and down projections
+            (``gate_proj``, ``up_proj``, ``down_proj``; ``w1``, ``w3``, ``w2`` for MiniMax).
+        num_experts: experts stored in the checkpoint (global, logical).
+        description: the parsed description.
+        checkpoint: safetensors header index of the model folder, when local.
+    """
+
+    prefix: str
+    quant_type: str
+    checkpoint_prefix: str
+    projections: tuple[str, str, str]
+    num_experts: int
+    description: QuantDescription
+    checkpoint: CheckpointIndex | None = None
+
+    def shard_prefixes(self, expert: int, projection: str) -> tuple[str, ...]:
+        """Checkpoint prefixes of ``expert``'s shards of ``projection`` (``w13``: gate, up; ``w2``: down)."""
+        gate, up, down = self.projections
+        names = (gate, up) if projection == W13 else (down,)
+        return tuple(f"{self.checkpoint_prefix}.{expert}.{name}" for name in names)
+
+    def projection_context(self, expert: int, projection: str) -> LayerContext:
+        """The linear-layer context of one expert's projection (its errors name expert and projection)."""
+        return LayerContext(
+            prefix=f"{self.prefix}.{expert}.{projection}",
+            quant_type=self.quant_type,
+            shard_prefixes=self.shard_prefixes(expert, projection),
+            description=self.description,
+            checkpoint=self.checkpoint,
+            row_parallel=projection == W2,
+        )
+
+
+class ExpertProjection(torch.nn.Module):
+    """One expert's projection as the projection scheme sees a linear layer.
+
+    Holds the expert's slices of the stacked parameters under their checkpoint
+    suffixes while the scheme builds its kernel, then only what the scheme
+    attached (``modelslim_kernel`` ...).
+    """
+
+    def __init__(
+        self, tensors: dict[str, torch.Tensor], logical_widths: list[int], params_dtype: torch.dtype
+    ):
+        super().__init__()
+        self._suffixes = list(tensors)
+        for suffix, tensor in tensors.items():
+            setattr(self, suffix, tensor)
+        self.logical_widths = logical_widths
+        self.modelslim_params_dtype = params_dtype
+
+    def drop_checkpoint_tensors(self) -> None:
+        """Forget the checkpoint slices (the kernel keeps what it needs)."""
+        for suffix in self._suffixes:
+            delattr(self, suffix)
+        self._suffixes = []
+
+
+class SwiGLUExpert(torch.nn.Module):
+    """``down(silu(gate(x)) · up(x))``, quantized projections; ``[rows, H] -> [rows, H]`` in ``x.dtype``."""
+
+    def __init__(
+        self,
+        w13_scheme: LinearScheme,
+        w13: ExpertProjection,
+        w2_scheme: LinearScheme,
+        w2: ExpertProjection,
+    ):
+        super().__init__()
+        self.w13_scheme, self.w2_scheme = w13_scheme, w2_scheme
+        self.w13, self.w2 = w13, w2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = self.w13_scheme.apply(self.w13, x, None)
+        return self.w2_scheme.apply(self.w2, swiglu(gate_up, x.dtype), None)
+
+
+class MoEScheme:
+    """One quant type for routed experts, built on the linear scheme of its projections.
+
+    Subclasses set :attr:`quant_type` and :attr:`projection_scheme`; they may
+    override :meth:`check_layer` for restrictions of their own.
+    """
+
+    quant_type: ClassVar[str]
+    projection_scheme: ClassVar[type[LinearScheme]]
+
+    def __init__(self, context: MoEContext):
+        self.context = context
+        # Expert 0 decides the layout (as in vllm-ascend); every expert is checked against it.
+        self.w13 = self.projection_scheme(context.projection_context(0, W13))
+        self.w2 = self.projection_scheme(context.projection_context(0, W2))
+        self._expert_schemes: list[tuple[LinearScheme, LinearScheme]] = []
+
+    def projection(self, name: str) -> LinearScheme:
+        """Expert 0's scheme of projection ``name`` (``w13`` or ``w2``)."""
+        return self.w13 if name == W13 else self.w2
+
+    def check_layer(self, tp_size: int) -> None:
+        """Raise for a layer configuration this scheme cannot compute exactly (default: none)."""
+
+    # --- parameters -----------------------------------------------------------
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        num_local_experts: int,
+        hidden_size: int,
+        intermediate_size_per_partition: int,
+        params_dtype: torch.dtype,
+        weight_loader: Callable,
+        global_expert_ids: list[int],
+    ) -> None:
+        """Register ``w13_<suffix>`` and ``w2_<suffix>`` parameters ``[E_local, ...]`` on ``layer``.
+
+        Args:
+            global_expert_ids: global expert id of each local expert (their
+                projection schemes are built now, under vLLM's config).
+
+        Raises:
+            CheckpointTensorError: a packed or grouped dimension of the
+                (tensor-parallel) partition is not divisible.
+        """
+        shapes = {
+            W13: (2 * intermediate_size_per_partition, hidden_size, [intermediate_size_per_partition] * 2),
+            W2: (hidden_size, intermediate_size_per_partition, [hidden_size]),
+        }
+        for name, (n, k, widths) in shapes.items():
+            scheme = self.projection(name)
+            try:
+                for width in widths:
+                    for spec in scheme.checkpoint_tensors():
+                        ShapeSymbols(width, k, scheme.group_size).shape(spec.shape)
+            except ValueError as exc:
+                raise CheckpointTensorError(
+                    f"{name}: {exc} (per tensor-parallel partition)",
+                    file=self.context.description.source,
+                    layer=self.context.prefix,
+                ) from None
+            symbols = ShapeSymbols(n, k, scheme.group_size)
+            for spec in scheme.checkpoint_tensors():
+                param = self._make_parameter(
+                    layer, name, spec, symbols, num_local_experts, len(widths), weight_loader
+                )
+                if param is not None:
+                    layer.register_parameter(f"{name}_{spec.suffix}", param)
+        layer.modelslim_widths = {name: widths for name, (_, _, widths) in shapes.items()}
+        layer.modelslim_params_dtype = params_dtype
+        self._expert_schemes = [
+            (
+                self.projection_scheme(self.context.projection_context(e, W13)),
+                self.projection_scheme(self.context.projection_context(e, W2)),
+            )
+            for e in global_expert_ids
+        ]
+
+    def _make_parameter(
+        self,
+        layer: torch.nn.Module,
+        name: str,
+        spec: CheckpointTensor,
+        symbols: ShapeSymbols,
+        num_experts: int,
+        num_shards: int,
+        vllm_loader: Callable,
+    ) -> torch.nn.Parameter | None:
+        if spec.role in (TensorRole.PER_SHARD, TensorRole.PER_SHARD_TENSOR):
+            shape: tuple[int, ...] = ()
+            if spec.role is TensorRole.PER_SHARD_TENSOR:
+                stored = self.projection(name).context.stored_shape(spec.suffix)
+                if stored is None:
+                    if spec.optional:
+                        return None
+                    raise CheckpointTensorError(
+                        f"the shape of {spec.suffix!r} is read from the checkpoint, which must be local",
+                        file=self.context.description.source,
+                        layer=self.context.prefix,
+                    )
+                shape = tuple(stored)
+            data = torch.full((num_experts, num_shards, *shape), spec.fill, dtype=spec.param_dtype)
+            param = torch.nn.Parameter(data, requires_grad=False)
+            set_weight_attrs(
+                param, {"weight_loader": _per_shard_loader(layer, _SHARD_INDEX[name], spec.decode)}
+            )
+            return param
+        data = torch.full((num_experts, *symbols.shape(spec.shape)), spec.fill, dtype=spec.param_dtype)  # type: ignore[misc]
+        param = torch.nn.Parameter(data, requires_grad=False)
+        group = spec.role is TensorRole.PER_GROUP
+        loader = vllm_loader if spec.decode is None else _decoding(vllm_loader, spec.decode)
+        set_weight_attrs(
+            param,
+            {
+                "weight_loader": loader,
+                "quant_method": (
+                    FusedMoeWeightScaleSupported.GROUP if group else FusedMoeWeightScaleSupported.CHANNEL
+                ).value,
+                "is_transposed": False,
+            },
+        )
+        return param
+
+    # --- after loading ---------------------------------------------------------
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        """Build each local expert's projection kernels, then free the stacked parameters."""
+        experts = torch.nn.ModuleList()
+        stacked = {
+            name: {
+                param_name.removeprefix(f"{name}_"): param.data
+                for param_name, param in layer.named_parameters(recurse=False)
+                if param_name.startswith(f"{name}_")
+            }
+            for name in (W13, W2)
+        }
+        for local, (w13_scheme, w2_scheme) in enumerate(self._expert_schemes):
+            projections = []
+            for name, scheme in ((W13, w13_scheme), (W2, w2_scheme)):
+                view = ExpertProjection(
+                    {suffix: tensor[local] for suffix, tensor in stacked[name].items()},
+                    list(layer.modelslim_widths[name]),
+                    layer.modelslim_params_dtype,
+                )
+                scheme.process_weights_after_loading(view)
+                view.drop_checkpoint_tensors()
+                projections.append(view)
+            experts.append(SwiGLUExpert(w13_scheme, projections[0], w2_scheme, projections[1]))
+        for name in (W13, W2):
+            for suffix in stacked[name]:
+                delattr(layer, f"{name}_{suffix}")
+        layer.modelslim_experts = experts
+
+    # --- forward ------------------------------------------------------------------
+
+    def apply(
+        self,
+        layer: torch.nn.Module,
+        x: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Routed experts' weighted sum ``[T, H]`` for ``x`` ``[T, H]`` (routing done by vLLM)."""
+        return grouped_experts_forward(
+            x,
+            topk_weights,
+            topk_ids,
+            layer.modelslim_experts,
+            expert_map=getattr(layer, "expert_map", None),
+            apply_router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
+        )
+
+
+def _decoding(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    def load(param, loaded_weight, *args, **kwargs):
+        return loader(param, decode(loaded_weight), *args, **kwargs)
+
+    return load
+
+
+def _per_shard_loader(
+    layer: torch.nn.Module, shard_index: dict[str, int], decode: Callable[[torch.Tensor], torch.Tensor] | None
+) -> Callable:
+    """Loader of a per-(expert, shard) tensor: vLLM's own keeps one value per expert, the last shard's."""
+
+    def load(param, loaded_weight, weight_name, shard_id, expert_id, return_success=False):
+        local = layer._map_global_expert_id_to_local_expert_id(expert_id)
+        if local == -1:
+            return False if return_success else None
+        value = decode(loaded_weight) if decode is not None else loaded_weight
+        target = param.data[local, shard_index[shard_id]]
+        target.copy_(value.reshape(target.shape))
+        return True if return_success else None
+
+    return load

@@ -1,0 +1,144 @@
+"""vLLM ``FusedMoEMethodBase`` that delegates to a ModelSlim MoE scheme (spec §3 ``AscendFusedMoEMethod``).
+
+vLLM 0.32 routes before calling the method (``apply(layer, x, topk_weights,
+topk_ids, ...)``), runs shared experts itself, and loads every expert tensor
+through the layer's expert loader. This wrapper checks the checkpoint first
+(every expert's description entries and safetensors headers, before any weight
+is read), lets the scheme declare its parameters, and forwards the routed
+computation to the scheme.
+"""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase
+from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig, FusedMoEQuantConfig
+
+from vllm_modelslim.format.errors import (
+    LayerNotDescribedError,
+    PackedShardMismatchError,
+    UnknownQuantTypeError,
+)
+from vllm_modelslim.format.tensor_spec import validate_layer_tensors
+from vllm_modelslim.schemes.moe.base import W2, W13, MoEScheme
+
+
+class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
+    """Fused-MoE method for the quantized experts of a ModelSlim checkpoint.
+
+    Raises (from ``create_weights``, while vLLM builds the model):
+        PackedShardMismatchError: an expert's projections are described with a
+            different quant type than expert 0's (vllm-ascend silently uses
+            expert 0's type for all; a mixed layer cannot run as one fused layer).
+        LayerNotDescribedError: an expert has no description entry.
+        CheckpointTensorError: an expert's tensor is missing or has a wrong
+            dtype/shape, or a dimension does not divide by its pack factor or
+            group size.
+        UnknownQuantTypeError: the layer's activation is not SwiGLU, or the
+            scheme cannot run under this parallel configuration.
+    """
+
+    def __init__(self, scheme: MoEScheme, moe: FusedMoEConfig):
+        super().__init__(moe)
+        self.scheme = scheme
+
+    def create_weights(
+        self,
+        layer: torch.nn.Module,
+        num_experts: int,
+        hidden_size: int,
+        intermediate_size_per_partition: int,
+        params_dtype: torch.dtype,
+        **extra_weight_attrs,
+    ) -> None:
+        context = self.scheme.context
+        moe = self.moe
+        if moe.activation is not MoEActivation.SILU or not moe.is_act_and_mul or moe.has_bias:
+            raise UnknownQuantTypeError(
+                f"quantized experts support the SwiGLU MLP without biases (silu(gate)·up); this layer has "
+                f"activation {moe.activation.value!r}, gated={moe.is_act_and_mul}, bias={moe.has_bias}",
+                file=context.description.source,
+                layer=context.prefix,
+            )
+        self.scheme.check_layer(moe.moe_parallel_config.tp_size)
+        self._check_description()
+        if context.checkpoint is not None:
+            self._check_headers(moe.hidden_dim_unpadded or hidden_size, moe.intermediate_size)
+        self.scheme.create_weights(
+            layer,
+            num_experts,
+            hidden_size,
+            intermediate_size_per_partition,
+            params_dtype,
+            extra_weight_attrs["weight_loader"],
+            global_expert_ids=self._global_ids(layer, num_experts),
+        )
+
+    @staticmethod
+    def _global_ids(layer: torch.nn.Module, num_local: int) -> list[int]:
+        expert_map = getattr(layer, "expert_map", None)
+        if expert_map is None:
+            return list(range(num_local))
+        ids = [-1] * num_local
+        for global_id, local in enumerate(expert_map.tolist()):
+            if local >= 0:
+                ids[local] = global_id
+        return ids
+
+    def _check_description(self) -> None:
+        context = self.scheme.context
+        description = context.description
+        for expert in range(context.num_experts):
+            for projection in (W13, W2):
+                for shard in context.shard_prefixes(expert, projection):
+                    quant_type = description.quant_type(f"{shard}.weight")
+                    if quant_type is None:
+                        raise LayerNotDescribedError(
+                            f"the description has no entry '{shard}.weight'; every expert of a "
+                            f"quantized MoE layer needs one ({context.num_experts} experts)",
+                            file=description.source,
+                            layer=context.prefix,
+                        )
+                    if quant_type != context.quant_type:
+                        raise PackedShardMismatchError(
+                            f"'{shard}.weight' is {quant_type}, but expert 0 is {context.quant_type}; vLLM"
+                            " runs all experts of a layer as one layer, so they must share a quant type",
+                            file=description.source,
+                            layer=context.prefix,
+                        )
+
+    def _check_headers(self, hidden_size: int, intermediate_size: int) -> None:
+        context = self.scheme.context
+        assert context.checkpoint is not None
+        sizes = {W13: ([intermediate_size] * 2, hidden_size), W2: ([hidden_size], intermediate_size)}
+        for expert in range(context.num_experts):
+            for projection, (out_features, in_features) in sizes.items():
+                scheme = self.scheme.projection(projection)
+                validate_layer_tensors(
+                    context.checkpoint,
+                    layer=f"{context.prefix} (expert {expert}, {projection})",
+                    quant_type=context.quant_type,
+                    shard_prefixes=context.shard_prefixes(expert, projection),
+                    shard_out_features=out_features,
+                    in_features=in_features,
+                    tensors=scheme.checkpoint_tensors(),
+                    group_size=scheme.group_size,
+                )
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        self.scheme.process_weights_after_loading(layer)
+
+    def get_fused_moe_quant_config(self, layer: torch.nn.Module) -> FusedMoEQuantConfig | None:
+        return None  # no vLLM modular kernel: the scheme computes the experts itself
+
+    def apply(
+        self,
+        layer: torch.nn.Module,
+        x: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        shared_experts=None,
+        shared_experts_input: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return self.scheme.apply(layer, x, topk_weights, topk_ids)
