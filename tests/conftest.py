@@ -27,15 +27,28 @@ def demo_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def moe_model(demo_model) -> Path:
+    """The tiny Qwen3-MoE upcycled from the demo model (bf16 Hugging Face checkpoint with tokenizer)."""
+    from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
+
+    return cached_tiny_qwen3_moe(progress=print)
+
+
+@pytest.fixture(scope="session")
 def quantized(demo_model):
-    """``quantized(recipe_name) -> Path``: a tool-made msmodelslim checkpoint (cached)."""
-    from vllm_modelslim.examples.msmodelslim_runner import quantize
+    """``quantized(recipe_name) -> Path``: a tool-made msmodelslim checkpoint (cached).
+
+    MoE recipes quantize the tiny Qwen3-MoE, the others the dense demo model.
+    """
+    from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
+    from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
 
     made: dict[str, Path] = {}
 
     def get(recipe: str) -> Path:
         if recipe not in made:
-            made[recipe] = quantize(demo_model, recipe, log=print)
+            model = cached_tiny_qwen3_moe(progress=print) if RECIPES[recipe].moe else demo_model
+            made[recipe] = quantize(model, recipe, log=print)
         return made[recipe]
 
     return get

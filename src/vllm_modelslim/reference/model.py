@@ -95,7 +95,8 @@ class ReferenceModel:
             self.model.config, "num_local_experts", None
         )
         for name, _module in list(self.model.named_modules()):
-            if not name.endswith(".experts") or f"{name}.0.gate_proj.weight" not in tensors:
+            stored = any(k.startswith(f"{name}.0.gate_proj.") for k in tensors)
+            if not name.endswith(".experts") or not stored:
                 continue
             experts = ReferenceExperts(
                 name, num_experts, tensors, self.description, self.dtype, self.kv_consumer

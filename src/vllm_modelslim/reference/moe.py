@@ -6,8 +6,10 @@ top_k_weights [T, k])``. :class:`ReferenceExperts` takes that place: each
 expert is three projections (``gate_proj``, ``up_proj``, ``down_proj``), either
 float or a :class:`~vllm_modelslim.reference.quantized_linear.ReferenceQuantizedLinear`
 of the description's quant type, and the layer output is
-``Σ_j w_j · down(silu(gate(x)) · up(x))`` over the selected experts, computed
-token by token (spec §4.2 math). It shares no code with the vLLM path.
+``Σ_j w_j · down(silu(gate(x)) · up(x))`` over the selected experts (spec
+§4.2 math), summed in float64. Every projection is row-wise (per-token
+activation quantization included), so each expert runs once on the rows
+routed to it. It shares no code with the vLLM path.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _float_linear(weight: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.T
 
 
 class ReferenceExperts(torch.nn.Module):
-    """All routed experts of one MoE layer, computed one (token, expert) pair at a time.
+    """All routed experts of one MoE layer, from per-expert checkpoint tensors.
 
     Args:
         prefix: checkpoint prefix of the layer (``model.layers.0.mlp.experts``).
@@ -79,8 +81,10 @@ class ReferenceExperts(torch.nn.Module):
     ) -> torch.Tensor:
         x = hidden_states.to(self.dtype)
         out = torch.zeros(x.shape, dtype=torch.float64)
-        for t in range(x.shape[0]):
-            for j in range(top_k_index.shape[1]):
-                y = self.expert_forward(int(top_k_index[t, j]), x[t : t + 1])
-                out[t] += float(top_k_weights[t, j]) * y[0].to(torch.float64)
+        for expert in range(len(self.experts)):
+            tokens, slots = torch.where(top_k_index == expert)
+            if len(tokens) == 0:
+                continue
+            y = self.expert_forward(expert, x[tokens]).to(torch.float64)
+            out.index_add_(0, tokens, y * top_k_weights[tokens, slots].to(torch.float64)[:, None])
         return out.to(hidden_states.dtype)

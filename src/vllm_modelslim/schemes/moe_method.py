@@ -14,6 +14,7 @@ import torch
 from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase
 from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig, FusedMoEQuantConfig
+from vllm.utils.torch_utils import direct_register_custom_op
 
 from vllm_modelslim.format.errors import (
     LayerNotDescribedError,
@@ -141,4 +142,29 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
         shared_experts=None,
         shared_experts_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # vLLM traces the MoE layer on CPU; the grouping by expert is data-dependent,
+            # so it runs as an opaque custom op that finds the layer by name.
+            return torch.ops.vllm.modelslim_routed_experts(x, topk_weights, topk_ids, layer.layer_name)
         return self.scheme.apply(layer, x, topk_weights, topk_ids)
+
+
+def _routed_experts(
+    x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
+) -> torch.Tensor:
+    from vllm.forward_context import get_forward_context
+
+    layer = get_forward_context().no_compile_layers[layer_name]
+    layer = getattr(layer, "routed_experts", layer)  # the MoE runner is registered under the name
+    return layer.quant_method.scheme.apply(layer, x, topk_weights, topk_ids)
+
+
+def _routed_experts_fake(
+    x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
+) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+direct_register_custom_op(
+    op_name="modelslim_routed_experts", op_func=_routed_experts, fake_impl=_routed_experts_fake
+)
