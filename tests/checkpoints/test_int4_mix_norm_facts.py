@@ -10,6 +10,9 @@ from vllm_modelslim.kernels.int4_packing import unpack_int4_pairs
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN_PROJ = "model.layers.0.mlp.down_proj"
+EXPERT = "model.layers.1.mlp.experts.5"  # tiny Qwen3-MoE
+DENSE_LAYERS = ((Q_PROJ, 1), (DOWN_PROJ, 16))  # (layer, scale_bias columns)
+EXPERT_LAYERS = ((f"{EXPERT}.gate_proj", 1), (f"{EXPERT}.down_proj", 16))
 
 
 def group_expand(values, k):
@@ -35,10 +38,18 @@ def test_w4a16_pairs_along_output_low_nibble_first_and_offset_subtracted(quantiz
     assert errors["minus"] < 0.15 and errors["plus"] > 0.4 and errors["swapped"] > 0.4
 
 
-@pytest.mark.parametrize("recipe, exact", [("w4a8_dynamic", True), ("w4a8_dynamic_pergroup", False)])
-def test_w4a8_scale_bias_is_eight_times_the_dequantized_row_sum(quantized, recipe, exact):
+@pytest.mark.parametrize(
+    "recipe, exact, layers",
+    [
+        ("w4a8_dynamic", True, DENSE_LAYERS),
+        ("w4a8_dynamic_pergroup", False, DENSE_LAYERS),
+        ("moe_w4a8_dynamic", True, EXPERT_LAYERS),
+        ("moe_w4a8_dynamic_pergroup", False, EXPERT_LAYERS),
+    ],
+)
+def test_w4a8_scale_bias_is_eight_times_the_dequantized_row_sum(quantized, recipe, exact, layers):
     ckpt = tensors(quantized(recipe))
-    for layer, columns in ((Q_PROJ, 1), (DOWN_PROJ, 16)):
+    for layer, columns in layers:
         q = unpack_int4_pairs(ckpt[f"{layer}.weight"], dim=0).double()
         scale = ckpt[f"{layer}.weight_scale"].double()
         if f"{layer}.weight_scale_second" in ckpt:
@@ -49,24 +60,25 @@ def test_w4a8_scale_bias_is_eight_times_the_dequantized_row_sum(quantized, recip
         assert error < (1e-6 if exact else 0.01), error
 
 
-def test_w4a8_scale_bias_is_only_the_npu_kernels_correction(quantized):
+@pytest.mark.parametrize(
+    "recipe, layer", [("w4a8_dynamic", Q_PROJ), ("moe_w4a8_dynamic", f"{EXPERT}.up_proj")]
+)
+def test_w4a8_scale_bias_is_only_the_npu_kernels_correction(quantized, recipe, layer):
     """Spec §4.5: the A8W4 kernel splits x = 16·x_hi + x_lo' + 8 and re-adds 8·Σ_k W·s as scale_bias.
 
     Emulating that split on the checkpoint's weights gives exactly the direct product
     s_x·s_w·Σ x_q·W_q, so a kernel that computes the product directly ignores scale_bias.
     """
-    ckpt = tensors(quantized("w4a8_dynamic"))
-    q = unpack_int4_pairs(ckpt[f"{Q_PROJ}.weight"], dim=0)
-    scale = ckpt[f"{Q_PROJ}.weight_scale"].reshape(-1).double()
+    ckpt = tensors(quantized(recipe))
+    q = unpack_int4_pairs(ckpt[f"{layer}.weight"], dim=0)
+    scale = ckpt[f"{layer}.weight_scale"].reshape(-1).double()
     x_q, x_scale = quantize_dynamic_per_token(torch.randn(5, q.shape[1]))
     x_hi = torch.div(x_q.long(), 16, rounding_mode="floor")
     x_lo = (x_q.long() & 0xF) - 8
     assert torch.equal(16 * x_hi + x_lo + 8, x_q.long())
     w = q.double() * scale.unsqueeze(1)
     split = (
-        16 * (x_hi.double() @ w.T)
-        + x_lo.double() @ w.T
-        + ckpt[f"{Q_PROJ}.scale_bias"].double().reshape(1, -1)
+        16 * (x_hi.double() @ w.T) + x_lo.double() @ w.T + ckpt[f"{layer}.scale_bias"].double().reshape(1, -1)
     )
     direct = scaled_int8_mm_reference(x_q, None, q, scale)
     torch.testing.assert_close(split, direct, rtol=1e-9, atol=1e-9)

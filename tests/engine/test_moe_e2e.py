@@ -86,7 +86,7 @@ def describe_moe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | No
     from vllm.model_executor.layers.fused_moe import RoutedExperts
 
     table = {}
-    for name, module in model.named_modules():
+    for module in model.modules():
         if isinstance(module, RoutedExperts):
             method = module.quant_method
             scheme = getattr(method, "scheme", None)
