@@ -61,6 +61,24 @@ def set_entry(key: str, value: str):
     return edit
 
 
+def drop_tensors(prefix: str):
+    def edit(t: dict[str, torch.Tensor]) -> None:
+        for name in [n for n in t if n.startswith(prefix)]:
+            del t[name]
+
+    return edit
+
+
+def edit_config(key: str, value) -> Callable[[Path], None]:
+    def apply(folder: Path) -> None:
+        path = folder / "config.json"
+        config = json.loads(path.read_text())
+        config[key] = value
+        path.write_text(json.dumps(config))
+
+    return apply
+
+
 def drop_entries(prefix: str):
     return lambda d: {k: v for k, v in d.items() if not k.startswith(prefix)}
 
@@ -87,6 +105,7 @@ def replace_tensor(name: str, make: Callable[[torch.Tensor], torch.Tensor | None
 
 L0 = "model.layers.0"
 L1 = "model.layers.1"
+E1 = "model.layers.1.mlp.experts"  # the tiny Qwen3-MoE's second MoE layer
 WEIGHTS = "quant_model_weights-00001-of-00001.safetensors"
 
 # (id, recipe, breakage, error type, text the message must contain (file), layer or None)
@@ -179,6 +198,28 @@ CASES = [
     ("w4a8-second-scale-inf", "w4a8_dynamic_pergroup",
      edit_tensors(set_value(f"{L0}.self_attn.q_proj.weight_scale_second", math.inf)),
      InvalidScaleError, "quant_model_weight_w4a8_dynamic", f"{L0}.self_attn.qkv_proj"),
+    # MoE experts (tiny Qwen3-MoE)
+    ("moe-expert-tensors-missing", "moe_w8a8_dynamic", edit_tensors(drop_tensors(f"{E1}.6.")),
+     CheckpointTensorError, "moe_w8a8_dynamic", f"{E1} (expert 6, w13)"),
+    ("moe-expert-not-described", "moe_w8a8_dynamic", edit_description(drop_entries(f"{E1}.4.")),
+     LayerNotDescribedError, DESCRIPTION, E1),
+    ("moe-expert-other-quant-type", "moe_w8a8_dynamic",
+     edit_description(set_entry(f"{E1}.3.down_proj.weight", "W8A16")),
+     PackedShardMismatchError, DESCRIPTION, E1),
+    ("moe-experts-without-moe-scheme", "moe_w8a8_dynamic",
+     edit_description(lambda d: {k: "W4A4_DYNAMIC" if ".experts." in k else v for k, v in d.items()}),
+     UnknownQuantTypeError, DESCRIPTION, f"{L0}.mlp.experts"),
+    ("moe-expert-scale-nan", "moe_w8a8_dynamic",
+     edit_tensors(set_value(f"{E1}.5.up_proj.weight_scale", math.nan)),
+     InvalidScaleError, WEIGHTS, f"{E1}.5.w13"),
+    ("moe-group-size-does-not-divide", "moe_w4a16",
+     edit_tensors(replace_tensor(f"{E1}.0.down_proj.weight_scale", lambda t: t[:, :5].clone())),
+     CheckpointTensorError, "quant_model_weight", f"{E1}.0.w2"),
+    ("moe-expert-group-count-differs", "moe_w4a16",
+     edit_tensors(replace_tensor(f"{E1}.2.down_proj.weight_scale", lambda t: t[:, :6].clone())),
+     CheckpointTensorError, "quant_model_weight", f"{E1} (expert 2, w2)"),
+    ("moe-int4-pairs-do-not-divide", "moe_w4a8_dynamic", edit_config("moe_intermediate_size", 767),
+     CheckpointTensorError, "pack factor 2", f"{L0}.mlp.experts"),
     ("norm-bias-wrong-size", "w8a8_static_m4",
      edit_tensors(replace_tensor(f"{L0}.input_layernorm.bias", lambda t: t[:-2].clone())),
      CheckpointTensorError, "quant_model_weight_w8a8", f"{L0}.input_layernorm"),
