@@ -102,3 +102,23 @@ def test_experts_lookup_uses_expert_zero():
     )
     lq = resolve_layer(d, f"{L0}.mlp.experts", packed_modules_for("qwen3_moe", None))
     assert lq.quant_type == "W8A8_DYNAMIC"
+
+
+def test_moe_families_resolve_their_fused_layers():
+    d = QuantDescription.from_mapping(
+        {
+            f"{L0}.self_attn.q_a_proj.weight": "W8A8_DYNAMIC",
+            f"{L0}.self_attn.kv_a_proj_with_mqa.weight": "W8A8_DYNAMIC",
+            f"{L0}.mlp.experts.0.w1.weight": "W4A8_DYNAMIC",
+            f"{L0}.mlp.experts.0.w2.weight": "W4A8_DYNAMIC",
+            f"{L0}.mlp.experts.0.w3.weight": "W4A8_DYNAMIC",
+        },
+        "d.json",
+    )
+    for model_type in ("deepseek_v2", "deepseek_v3", "kimi_k2"):
+        mla = resolve_layer(d, f"{L0}.self_attn.fused_qkv_a_proj", packed_modules_for(model_type, None))
+        assert mla.shard_prefixes == (f"{L0}.self_attn.q_a_proj", f"{L0}.self_attn.kv_a_proj_with_mqa")
+        assert packed_modules_for(model_type, None)["experts"][2] == "experts.0.down_proj"
+    minimax = resolve_layer(d, f"{L0}.mlp.experts", packed_modules_for("minimax_m2", None))
+    assert minimax.quant_type == "W4A8_DYNAMIC"
+    assert packed_modules_for("glm4_moe", None)["gate_up_proj"] == ["gate_proj", "up_proj"]

@@ -6,7 +6,8 @@ vLLM fuses ``q_proj``/``k_proj``/``v_proj`` into ``qkv_proj`` and
 file lists the unfused checkpoint names, so the quant type of a fused layer is
 read from its shards (spec §1.5, §7). Each model class in vLLM declares its own
 ``packed_modules_mapping``; this table adds what the quantization lookup needs
-on top of it (for MoE, expert 0 stands for all experts, as in vllm-ascend).
+on top of it (for MoE, expert 0 decides the type, as in vllm-ascend; the MoE
+method then checks that every expert agrees).
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ _ATTENTION_AND_MLP: dict[str, list[str]] = {
 _EXPERTS: dict[str, list[str]] = {
     "experts": ["experts.0.gate_proj", "experts.0.up_proj", "experts.0.down_proj"],
 }
+_MLA: dict[str, list[str]] = {
+    # DeepSeek-style multi-head latent attention fuses the q and kv down-projections.
+    "fused_qkv_a_proj": ["q_a_proj", "kv_a_proj_with_mqa"],
+    "gate_up_proj": ["gate_proj", "up_proj"],
+}
+_DEEPSEEK = {**_MLA, **_EXPERTS}
 
 PACKED_MODULES_BY_MODEL_TYPE: dict[str, dict[str, list[str]]] = {
     "llama": _ATTENTION_AND_MLP,
@@ -28,6 +35,16 @@ PACKED_MODULES_BY_MODEL_TYPE: dict[str, dict[str, list[str]]] = {
     "qwen3": _ATTENTION_AND_MLP,
     "qwen2_moe": {**_ATTENTION_AND_MLP, **_EXPERTS},
     "qwen3_moe": {**_ATTENTION_AND_MLP, **_EXPERTS},
+    # MoE families of vllm-ascend's table (spec §7) that vLLM's CPU backend can run
+    # (standard or CPU MLA attention); only qwen3_moe is exercised end to end here.
+    "glm4_moe": {**_ATTENTION_AND_MLP, **_EXPERTS},
+    "deepseek_v2": _DEEPSEEK,
+    "deepseek_v3": _DEEPSEEK,
+    "kimi_k2": _DEEPSEEK,
+    "minimax_m2": {
+        "qkv_proj": ["q_proj", "k_proj", "v_proj"],
+        "experts": ["experts.0.w1", "experts.0.w2", "experts.0.w3"],
+    },
 }
 
 
