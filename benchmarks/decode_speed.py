@@ -1,6 +1,7 @@
 """Decode and prefill speed of each msmodelslim checkpoint of the demo model in vLLM, vs BF16/FP32.
 
     python benchmarks/decode_speed.py [--recipes w8a8_dynamic w4a16 ...] [--new-tokens 128] [--eager]
+    python benchmarks/decode_speed.py --moe    # the tiny Qwen3-MoE and its msmodelslim checkpoints
 
 One run starts, one after the other in this process, a vLLM engine (vLLM's
 default torch.compile mode, ``--eager`` for eager mode) for the unquantized
@@ -71,14 +72,8 @@ def measure(folder: Path, quantization: str | None, dtype: str, args) -> dict[st
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--recipes",
-        nargs="+",
-        default=[
-            "w8a8_dynamic", "w8a8_static", "w8a8_mix", "w8a16", "w4a16", "w4a8_dynamic",
-            "w4a8_dynamic_pergroup", "w4a4_dynamic", "w4a4_flatquant",
-        ],
-    )  # fmt: skip
+    parser.add_argument("--recipes", nargs="+", help="msmodelslim recipes (default: every fast one)")
+    parser.add_argument("--moe", action="store_true", help="the tiny Qwen3-MoE instead of the dense model")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=3)
@@ -89,10 +84,14 @@ def main() -> None:
 
     import torch
 
-    from vllm_modelslim.examples.msmodelslim_runner import quantize
+    from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
     from vllm_modelslim.examples.tiny_qwen3 import cached_tiny_qwen3
+    from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
 
-    model = cached_tiny_qwen3(progress=print)
+    model = cached_tiny_qwen3_moe(progress=print) if args.moe else cached_tiny_qwen3(progress=print)
+    if not args.recipes:
+        fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
+        args.recipes = [name for name in fast if RECIPES[name].moe == args.moe and "asym" not in name]
     runs = [("BF16", model, None, "bfloat16"), ("FP32", model, None, "float32")]
     runs += [(recipe, quantize(model, recipe), "ascend", "bfloat16") for recipe in args.recipes]
     results = {}

@@ -14,12 +14,11 @@ run (> 1 means faster than bf16).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 
+from timing import median_ms
 from vllm_modelslim.kernels import (
     kronecker_transform,
     make_scaled_int8_mm,
@@ -33,18 +32,6 @@ from vllm_modelslim.kernels.weight_only_int4 import WEIGHT_ONLY_INT4_KERNELS, We
 from vllm_modelslim.kernels.weight_only_int8 import WEIGHT_ONLY_INT8_KERNELS, WeightOnlyInt8Config
 
 GROUP = 128
-
-
-def median_ms(fn: Callable[[], object], min_seconds: float = 0.5, min_runs: int = 5) -> float:
-    fn()
-    fn()
-    times = []
-    start = time.perf_counter()
-    while len(times) < min_runs or time.perf_counter() - start < min_seconds:
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times) * 1e3
 
 
 def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import AutoTokenizer
 
+from vllm_modelslim.examples.tiny_qwen3 import held_out_texts
 from vllm_modelslim.examples.vllm_runner import greedy_generate, make_llm, prompt_top1
 from vllm_modelslim.reference.model import ReferenceModel
 
@@ -49,6 +51,18 @@ class Case:
         parts = [self.handmade or self.recipe, self.dtype]
         parts += ["compiled"] * self.compiled + ["kv-consumer"] * self.kv_consumer
         return "-".join(parts)
+
+
+def prompt_sequences(model_dir) -> list[list[int]]:
+    """Token ids of the greedy-generation prompts: held-out text, ``PROMPT_TOKENS`` tokens each."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return [tokenizer(text)["input_ids"][:PROMPT_TOKENS] for text in held_out_texts(8)]
+
+
+def evaluation_sequences(model_dir) -> list[list[int]]:
+    """Token ids of the teacher-forced top-1 evaluation: 12 held-out texts, 64 tokens each."""
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return [tokenizer(text)["input_ids"][:64] for text in held_out_texts(12)]
 
 
 def start_engine(case: Case, folder, tmp_path_factory):

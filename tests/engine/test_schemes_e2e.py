@@ -30,17 +30,16 @@ from __future__ import annotations
 import pytest
 import torch
 from e2e_compare import (
-    PROMPT_TOKENS,
     TOP1_FLOOR,
     Case,
     compare_with_reference,
+    evaluation_sequences,
+    prompt_sequences,
     reference_for,
     start_engine,
     top1_agreement,
 )
-from transformers import AutoTokenizer
 
-from vllm_modelslim.examples.tiny_qwen3 import held_out_texts
 from vllm_modelslim.examples.vllm_runner import close_llm
 
 pytestmark = pytest.mark.engine
@@ -84,14 +83,12 @@ def engine(request, checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def prompts(demo_model):
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_model))
-    return [tokenizer(text)["input_ids"][:PROMPT_TOKENS] for text in held_out_texts(8)]
+    return prompt_sequences(demo_model)
 
 
 @pytest.fixture(scope="module")
 def eval_sequences(demo_model):
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_model))
-    return [tokenizer(text)["input_ids"][:64] for text in held_out_texts(12)]
+    return evaluation_sequences(demo_model)
 
 
 def describe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | None, bool | None]]:

@@ -156,19 +156,23 @@ class AscendModelSlimConfig(QuantizationConfig):
         mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
         return resolve_layer(self._require_description(), prefix, mapping, required=required)
 
+    def _scheme_class(self, layer_quant: LayerQuant, layer_type: str) -> type:
+        scheme_cls = get_scheme_class(layer_quant.quant_type, layer_type)
+        if scheme_cls is None:
+            raise UnknownQuantTypeError(
+                f"quant type {layer_quant.quant_type!r} has no {layer_type} scheme; supported for this "
+                f"layer type: {registered_quant_types(layer_type) + ['FLOAT']}",
+                file=self._require_description().source,
+                layer=layer_quant.prefix,
+            )
+        return scheme_cls
+
     def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
         layer_quant = self._resolve(prefix)
         if layer_quant is None or layer_quant.is_float:
             return None
-        scheme_cls = get_scheme_class(layer_quant.quant_type, "linear")
-        if scheme_cls is None:
-            raise UnknownQuantTypeError(
-                f"quant type {layer_quant.quant_type!r} has no linear scheme; supported: "
-                f"{registered_quant_types('linear') + ['FLOAT']}",
-                file=description.source,
-                layer=prefix,
-            )
+        scheme_cls = self._scheme_class(layer_quant, "linear")
         context = LayerContext(
             prefix=prefix,
             quant_type=layer_quant.quant_type,
@@ -185,14 +189,7 @@ class AscendModelSlimConfig(QuantizationConfig):
         layer_quant = self._resolve(prefix)
         if layer_quant is None or layer_quant.is_float:
             return None
-        scheme_cls = get_scheme_class(layer_quant.quant_type, "moe")
-        if scheme_cls is None:
-            raise UnknownQuantTypeError(
-                f"quant type {layer_quant.quant_type!r} has no MoE scheme; supported for experts: "
-                f"{registered_quant_types('moe') + ['FLOAT']}",
-                file=description.source,
-                layer=prefix,
-            )
+        scheme_cls = self._scheme_class(layer_quant, "moe")
         context = MoEContext(
             prefix=prefix,
             quant_type=layer_quant.quant_type,

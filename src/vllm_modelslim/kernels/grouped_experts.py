@@ -31,6 +31,15 @@ def _local_ids(topk_ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch
     return ids if expert_map is None else expert_map.to(torch.long)[ids]
 
 
+def _weighted_call(
+    expert: ExpertForward, rows: torch.Tensor, weights: torch.Tensor, on_input: bool
+) -> torch.Tensor:
+    """``w·expert(x)`` in ``weights.dtype``, or ``expert(w·x)`` (input rounded back to ``rows.dtype``)."""
+    if on_input:
+        return expert((rows.to(weights.dtype) * weights).to(rows.dtype)).to(weights.dtype)
+    return expert(rows).to(weights.dtype) * weights
+
+
 def grouped_experts_forward(
     x: torch.Tensor,
     topk_weights: torch.Tensor,
@@ -71,12 +80,8 @@ def grouped_experts_forward(
             continue
         stop = start + count
         token_rows, row_weights = rows[start:stop], weights[start:stop, None]
-        inputs = x[token_rows]
-        if apply_router_weight_on_input:
-            y = experts[expert]((inputs.to(torch.float32) * row_weights).to(x.dtype)).to(torch.float32)
-        else:
-            y = experts[expert](inputs).to(torch.float32) * row_weights
-        out.index_add_(0, token_rows, y)
+        y = _weighted_call(experts[expert], x[token_rows], row_weights, apply_router_weight_on_input)
+        out.index_add_(0, token_rows, y.to(torch.float32))
         start = stop
     return out.to(x.dtype)
 
@@ -97,13 +102,8 @@ def grouped_experts_reference(
             expert = int(ids[t, j])
             if expert < 0:
                 continue
-            weight = float(topk_weights[t, j])
-            row = x[t : t + 1]
-            if apply_router_weight_on_input:
-                y = experts[expert]((row.to(torch.float32) * weight).to(x.dtype)).to(torch.float64)
-            else:
-                y = experts[expert](row).to(torch.float64) * weight
-            out[t] += y[0]
+            weight = topk_weights[t, j].to(torch.float64).reshape(1, 1)
+            out[t] += _weighted_call(experts[expert], x[t : t + 1], weight, apply_router_weight_on_input)[0]
     return out.to(x.dtype)
 
 

@@ -132,20 +132,28 @@ class LinearScheme(ABC):
         """
         layer.logical_widths = list(output_partition_sizes)
         layer.modelslim_params_dtype = params_dtype
-        try:
-            for size in output_partition_sizes:
-                for spec in self.checkpoint_tensors():
-                    ShapeSymbols(size, input_size_per_partition, self.group_size).shape(spec.shape)
-        except ValueError as exc:
-            raise CheckpointTensorError(
-                str(exc), file=self.context.description.source, layer=self.context.prefix
-            ) from None
+        self.check_partition(output_partition_sizes, input_size_per_partition)
         symbols = ShapeSymbols(sum(output_partition_sizes), input_size_per_partition, self.group_size)
         for spec in self.checkpoint_tensors():
             loader = weight_loader if spec.decode is None else _decoding_loader(weight_loader, spec.decode)
             param = self._make_parameter(spec, symbols, len(output_partition_sizes), loader)
             if param is not None:
                 layer.register_parameter(spec.suffix, param)
+
+    def check_partition(self, shard_widths: list[int], in_features: int, what: str = "") -> None:
+        """Check that every declared shape divides for these (tensor-parallel) shard sizes.
+
+        Raises:
+            CheckpointTensorError: a packed or grouped dimension is not divisible.
+        """
+        try:
+            for width in shard_widths:
+                for spec in self.checkpoint_tensors():
+                    ShapeSymbols(width, in_features, self.group_size).shape(spec.shape)
+        except ValueError as exc:
+            raise CheckpointTensorError(
+                f"{what}{exc}", file=self.context.description.source, layer=self.context.prefix
+            ) from None
 
     def _make_parameter(
         self, spec: CheckpointTensor, symbols: ShapeSymbols, num_shards: int, loader: Callable

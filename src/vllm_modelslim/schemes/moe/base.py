@@ -188,16 +188,7 @@ class MoEScheme:
         }
         for name, (n, k, widths) in shapes.items():
             scheme = self.projection(name)
-            try:
-                for width in widths:
-                    for spec in scheme.checkpoint_tensors():
-                        ShapeSymbols(width, k, scheme.group_size).shape(spec.shape)
-            except ValueError as exc:
-                raise CheckpointTensorError(
-                    f"{name}: {exc} (per tensor-parallel partition)",
-                    file=self.context.description.source,
-                    layer=self.context.prefix,
-                ) from None
+            scheme.check_partition(widths, k, what="per tensor-parallel partition: ")
             symbols = ShapeSymbols(n, k, scheme.group_size)
             for spec in scheme.checkpoint_tensors():
                 param = self._make_parameter(
