@@ -58,6 +58,7 @@ def quantized(demo_model):
 def checkpoint(quantized):
     """``checkpoint(recipe, handmade=None) -> Path``: tool-made, or a hand-made layout converted from it."""
     from vllm_modelslim.examples.handmade_checkpoints import (
+        write_w4a8_unpacked_per_channel_layout,
         write_w4a8_version0_layout,
         write_w4a16_pack_quantized_layout,
     )
@@ -65,6 +66,7 @@ def checkpoint(quantized):
 
     writers = {
         "w4a8_dynamic_version0": write_w4a8_version0_layout,
+        "w4a8_dynamic_unpacked_per_channel": write_w4a8_unpacked_per_channel_layout,
         "w4a16_pack_quantized": write_w4a16_pack_quantized_layout,
     }
 

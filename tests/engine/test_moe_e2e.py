@@ -10,8 +10,10 @@ checkpoint by ``vllm_modelslim.examples.handmade_checkpoints``):
   per-group 64 (two int4 per byte along the output dim, zero-point offsets),
   W4A8_DYNAMIC per-channel (packed, ``scale_bias``; attention W8A8_DYNAMIC) and
   per-group 64 (packed, ``weight_scale_second``, ``scale_bias``);
-* hand-made: W4A16 in LLM-Compressor's ``pack-quantized`` int32 layout and
-  W4A8_DYNAMIC ``version`` "0" (one int4 per byte, no ``scale_bias``).
+* hand-made: W4A16 in LLM-Compressor's ``pack-quantized`` int32 layout,
+  W4A8_DYNAMIC per-group ``version`` "0" (one int4 per byte, no ``scale_bias``)
+  and W4A8_DYNAMIC per-channel unpacked with bf16 scales and neither offset nor
+  ``scale_bias`` (the layout of vllm-ascend's compressed-tensors W4A8 MoE path).
 
 Per case: every ``FusedMoE`` layer runs the plugin's MoE method with the
 expected scheme; greedy generations match the pure-torch reference (per-token,
@@ -48,6 +50,7 @@ CHECKPOINTS = [
     ("moe_w4a16", "W4A16", None),
     ("moe_w4a16", "W4A16", "w4a16_pack_quantized"),
     ("moe_w4a8_dynamic", "W4A8_DYNAMIC", None),
+    ("moe_w4a8_dynamic", "W4A8_DYNAMIC", "w4a8_dynamic_unpacked_per_channel"),
     ("moe_w4a8_dynamic_pergroup", "W4A8_DYNAMIC", None),
     ("moe_w4a8_dynamic_pergroup", "W4A8_DYNAMIC", "w4a8_dynamic_version0"),
 ]

@@ -9,6 +9,10 @@ storage layout, following the spec's tensor tables:
   with **one** int4 value per byte, per-group ``weight_scale_second`` /
   ``weight_offset_second``, no ``scale_bias``. Made from the tool's per-group
   "1.0.0" checkpoint by unpacking the nibble pairs.
+* :func:`write_w4a8_unpacked_per_channel_layout`: W4A8_DYNAMIC per-channel in
+  the layout of vllm-ascend's compressed-tensors W4A8 MoE path (spec §4.5):
+  one int4 value per int8 ``[o, i]``, bf16 ``weight_scale`` ``[o, 1]``, no
+  offset and no ``scale_bias``. Made from the tool's per-channel checkpoint.
 * :func:`write_w4a16_pack_quantized_layout`: W4A16 in LLM-Compressor's
   ``pack-quantized`` layout (spec §4.4): ``weight_packed`` int32 ``[o, i/8]``
   (offset-8 nibbles, LSB first), ``weight_scale`` ``[o, i/g]``,
@@ -87,6 +91,26 @@ def write_w4a8_version0_layout(source: Path, target: Path) -> Path:
 
     note = "Layout: W4A8_DYNAMIC version 0, one int4 per int8, per-group scales, no scale_bias."
     return _rewrite(Path(source), Path(target), "W4A8_DYNAMIC", rewrite, {"version": "0"}, note)
+
+
+def write_w4a8_unpacked_per_channel_layout(source: Path, target: Path) -> Path:
+    """W4A8_DYNAMIC per-channel, one int4 per int8, bf16 scales, no offset/scale_bias.
+
+    Raises:
+        ValueError: the source is not a per-channel, pair-packed W4A8_DYNAMIC checkpoint.
+    """
+
+    def rewrite(prefix: str, tensors: dict[str, torch.Tensor], entries: dict[str, str]) -> None:
+        weight, scale = tensors[f"{prefix}.weight"], tensors[f"{prefix}.weight_scale"]
+        if 2 * weight.shape[0] != scale.shape[0] or f"{prefix}.weight_scale_second" in tensors:
+            raise ValueError(f"{prefix} is not a per-channel W4A8_DYNAMIC layer with two int4 per byte")
+        tensors[f"{prefix}.weight"] = unpack_int4_pairs(weight, dim=0).contiguous()
+        tensors[f"{prefix}.weight_scale"] = scale.to(torch.bfloat16)
+        for suffix in ("weight_offset", "scale_bias"):
+            _drop(prefix, suffix, tensors, entries)
+
+    note = "Layout: W4A8_DYNAMIC per-channel, one int4 per int8, bf16 weight_scale, no offset, no scale_bias."
+    return _rewrite(Path(source), Path(target), "W4A8_DYNAMIC", rewrite, {}, note)
 
 
 def write_w4a16_pack_quantized_layout(source: Path, target: Path) -> Path:
