@@ -8,10 +8,8 @@ checkpoint of ``test_schemes_e2e``.
 from __future__ import annotations
 
 import pytest
-from test_schemes_e2e import PROMPT_TOKENS, compare_with_reference
-from transformers import AutoTokenizer
+from e2e_compare import compare_with_reference, prompt_sequences
 
-from vllm_modelslim.examples.tiny_qwen3 import held_out_texts
 from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
 from vllm_modelslim.reference.model import ReferenceModel
 
@@ -21,8 +19,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.extended]
 @pytest.mark.parametrize("recipe, quant_type", [("w4a4_dynamic_autoround", "W4A4_DYNAMIC")])
 def test_slow_recipe_matches_reference(quantized, demo_model, recipe, quant_type):
     folder = quantized(recipe)
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_model))
-    prompts = [tokenizer(text)["input_ids"][:PROMPT_TOKENS] for text in held_out_texts(8)]
+    prompts = prompt_sequences(demo_model)
     llm = make_llm(folder, "ascend", dtype="float32")
     try:
         compare_with_reference(llm, ReferenceModel(folder), prompts, "float32", quant_type, recipe)
