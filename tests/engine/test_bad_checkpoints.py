@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vllm_modelslim.examples.vllm_runner import make_llm
+from vllm_modelslim.examples.vllm_runner import make_llm, reset_after_failed_start
 from vllm_modelslim.format import (
     CheckpointTensorError,
     DescriptionFormatError,
@@ -243,6 +243,8 @@ def load_error(folder: Path) -> Exception:
         return original
     except Exception as exc:  # noqa: BLE001 - the test inspects whatever was raised
         return exc
+    finally:
+        reset_after_failed_start()
     raise AssertionError("the broken checkpoint loaded")
 
 

@@ -67,6 +67,18 @@ def close_llm(llm) -> None:
     gc.collect()
 
 
+def reset_after_failed_start() -> None:
+    """Tear down the parallel state an in-process engine left behind when it failed to start.
+
+    A failed ``LLM(...)`` keeps vLLM's process groups; the next engine in the
+    process would reuse them (and, for a MoE model, miss the expert-parallel group).
+    """
+    from vllm.distributed import cleanup_dist_env_and_memory
+
+    cleanup_dist_env_and_memory()
+    gc.collect()
+
+
 def greedy_generate(llm, prompts: list[list[int]], max_tokens: int) -> list[Generation]:
     """Greedy continuations of token-id prompts, with each chosen token's log-probability."""
     from vllm import SamplingParams, TokensPrompt
