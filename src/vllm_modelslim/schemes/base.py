@@ -80,7 +80,9 @@ class LayerContext:
         return f"{self.shard_prefixes[0]}.{suffix}" in self.checkpoint
 
 
-def _decoding_loader(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+def decoding_loader(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
+    """``loader`` that first applies ``decode`` to the loaded tensor (e.g. int64 fp32 bits → fp32)."""
+
     def load(param: torch.nn.Parameter, loaded_weight: torch.Tensor, *args, **kwargs):
         return loader(param, decode(loaded_weight), *args, **kwargs)
 
@@ -135,7 +137,7 @@ class LinearScheme(ABC):
         self.check_partition(output_partition_sizes, input_size_per_partition)
         symbols = ShapeSymbols(sum(output_partition_sizes), input_size_per_partition, self.group_size)
         for spec in self.checkpoint_tensors():
-            loader = weight_loader if spec.decode is None else _decoding_loader(weight_loader, spec.decode)
+            loader = weight_loader if spec.decode is None else decoding_loader(weight_loader, spec.decode)
             param = self._make_parameter(spec, symbols, len(output_partition_sizes), loader)
             if param is not None:
                 layer.register_parameter(spec.suffix, param)
@@ -155,6 +157,24 @@ class LinearScheme(ABC):
                 f"{what}{exc}", file=self.context.description.source, layer=self.context.prefix
             ) from None
 
+    def per_shard_tensor_shape(self, spec: CheckpointTensor) -> tuple[int, ...] | None:
+        """Stored shape of a ``PER_SHARD_TENSOR`` (first shard); None when it is optional and absent.
+
+        Raises:
+            CheckpointTensorError: the checkpoint is not a local folder (its headers
+                give the shape), or a required tensor is absent.
+        """
+        shape = self.context.stored_shape(spec.suffix)
+        if shape is None and spec.optional and self.context.checkpoint is not None:
+            return None
+        if shape is None:
+            raise CheckpointTensorError(
+                f"the shape of {spec.suffix!r} is read from the checkpoint, which must be a local folder",
+                file=self.context.description.source,
+                layer=self.context.prefix,
+            )
+        return tuple(shape)
+
     def _make_parameter(
         self, spec: CheckpointTensor, symbols: ShapeSymbols, num_shards: int, loader: Callable
     ) -> BasevLLMParameter | None:
@@ -163,15 +183,9 @@ class LinearScheme(ABC):
                 data=torch.full((num_shards,), spec.fill, dtype=spec.param_dtype), weight_loader=loader
             )
         if spec.role is TensorRole.PER_SHARD_TENSOR:
-            shape = self.context.stored_shape(spec.suffix)
-            if shape is None and spec.optional and self.context.checkpoint is not None:
-                return None  # absent optional per-shard tensor (e.g. o_proj's right_trans)
+            shape = self.per_shard_tensor_shape(spec)
             if shape is None:
-                raise CheckpointTensorError(
-                    f"the shape of {spec.suffix!r} is read from the checkpoint, which must be a local folder",
-                    file=self.context.description.source,
-                    layer=self.context.prefix,
-                )
+                return None  # absent optional per-shard tensor (e.g. o_proj's right_trans)
             data = torch.full((num_shards, *shape), spec.fill, dtype=spec.param_dtype)
             return ShardStackParameter(data=data, weight_loader=loader)
         data = torch.full(symbols.shape(spec.shape), spec.fill, dtype=spec.param_dtype)  # type: ignore[arg-type]

@@ -39,10 +39,9 @@ from vllm.model_executor.utils import set_weight_attrs
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
-from vllm_modelslim.format.errors import CheckpointTensorError
 from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
-from vllm_modelslim.schemes.base import LayerContext, LinearScheme
+from vllm_modelslim.schemes.base import LayerContext, LinearScheme, decoding_loader
 
 W13, W2 = "w13", "w2"
 """vLLM's names of the fused gate/up and the down projection parameters."""
@@ -217,28 +216,22 @@ class MoEScheme:
         vllm_loader: Callable,
     ) -> torch.nn.Parameter | None:
         if spec.role in (TensorRole.PER_SHARD, TensorRole.PER_SHARD_TENSOR):
-            shape: tuple[int, ...] = ()
-            if spec.role is TensorRole.PER_SHARD_TENSOR:
-                stored = self.projection(name).context.stored_shape(spec.suffix)
-                if stored is None:
-                    if spec.optional:
-                        return None
-                    raise CheckpointTensorError(
-                        f"the shape of {spec.suffix!r} is read from the checkpoint, which must be local",
-                        file=self.context.description.source,
-                        layer=self.context.prefix,
-                    )
-                shape = tuple(stored)
+            per_shard = spec.role is TensorRole.PER_SHARD_TENSOR
+            shape = self.projection(name).per_shard_tensor_shape(spec) if per_shard else ()
+            if shape is None:
+                return None
             data = torch.full((num_experts, num_shards, *shape), spec.fill, dtype=spec.param_dtype)
             param = torch.nn.Parameter(data, requires_grad=False)
+            loader = _per_shard_loader(layer, _SHARD_INDEX[name])
             set_weight_attrs(
-                param, {"weight_loader": _per_shard_loader(layer, _SHARD_INDEX[name], spec.decode)}
+                param,
+                {"weight_loader": loader if spec.decode is None else decoding_loader(loader, spec.decode)},
             )
             return param
         data = torch.full((num_experts, *symbols.shape(spec.shape)), spec.fill, dtype=spec.param_dtype)  # type: ignore[misc]
         param = torch.nn.Parameter(data, requires_grad=False)
         group = spec.role is TensorRole.PER_GROUP
-        loader = vllm_loader if spec.decode is None else _decoding(vllm_loader, spec.decode)
+        loader = vllm_loader if spec.decode is None else decoding_loader(vllm_loader, spec.decode)
         set_weight_attrs(
             param,
             {
@@ -301,25 +294,15 @@ class MoEScheme:
         )
 
 
-def _decoding(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-    def load(param, loaded_weight, *args, **kwargs):
-        return loader(param, decode(loaded_weight), *args, **kwargs)
-
-    return load
-
-
-def _per_shard_loader(
-    layer: torch.nn.Module, shard_index: dict[str, int], decode: Callable[[torch.Tensor], torch.Tensor] | None
-) -> Callable:
+def _per_shard_loader(layer: torch.nn.Module, shard_index: dict[str, int]) -> Callable:
     """Loader of a per-(expert, shard) tensor: vLLM's own keeps one value per expert, the last shard's."""
 
     def load(param, loaded_weight, weight_name, shard_id, expert_id, return_success=False):
         local = layer._map_global_expert_id_to_local_expert_id(expert_id)
         if local == -1:
             return False if return_success else None
-        value = decode(loaded_weight) if decode is not None else loaded_weight
         target = param.data[local, shard_index[shard_id]]
-        target.copy_(value.reshape(target.shape))
+        target.copy_(loaded_weight.reshape(target.shape))
         return True if return_success else None
 
     return load
