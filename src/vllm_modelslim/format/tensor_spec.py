@@ -24,6 +24,7 @@ import torch
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.errors import CheckpointTensorError
+from vllm_modelslim.format.value_checks import ValueRule
 
 Dim = str | int
 """A shape template entry (see the module docstring)."""
@@ -63,6 +64,8 @@ class CheckpointTensor:
         fill: initial value of the parameter (used when optional and absent).
         packed_dim: for a packed weight, the dim holding several values per element.
         packed_factor: values per element along ``packed_dim``.
+        values: what the loaded (decoded) values must satisfy; checked after
+            loading and by ``vllm-modelslim inspect``.
     """
 
     suffix: str
@@ -75,6 +78,7 @@ class CheckpointTensor:
     fill: float = 0.0
     packed_dim: int | None = None
     packed_factor: int = 1
+    values: ValueRule = ValueRule.ANY
 
 
 @dataclass(frozen=True)

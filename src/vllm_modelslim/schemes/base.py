@@ -30,7 +30,7 @@ from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.errors import CheckpointTensorError
 from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
-from vllm_modelslim.format.value_checks import check_finite, check_integer_range, check_positive_finite
+from vllm_modelslim.format.value_checks import ValueRule, check_value_rule
 from vllm_modelslim.schemes.parameters import ShardStackParameter
 
 
@@ -157,6 +157,17 @@ class LinearScheme(ABC):
                 f"{what}{exc}", file=self.context.description.source, layer=self.context.prefix
             ) from None
 
+    def check_stored_shapes(self, in_features: int | None) -> None:
+        """Scheme-specific checks of the stored headers beyond the declared templates (default: none).
+
+        Called while the model is built (and by ``vllm-modelslim inspect``), after
+        :func:`~vllm_modelslim.format.tensor_spec.validate_layer_tensors`.
+
+        Raises:
+            CheckpointTensorError: the stored shapes cannot serve this layer.
+        """
+        return None  # most schemes are fully described by their declarations
+
     def per_shard_tensor_shape(self, spec: CheckpointTensor) -> tuple[int, ...] | None:
         """Stored shape of a ``PER_SHARD_TENSOR`` (first shard); None when it is optional and absent.
 
@@ -218,27 +229,31 @@ class LinearScheme(ABC):
         """The file(s) to name in an error about ``<shard>.<suffix>``."""
         return self.context.files_of(suffix) or self.context.description.source
 
-    def check_scale(self, layer: torch.nn.Module, suffix: str) -> torch.Tensor:
-        """``layer.<suffix>`` as float32, after checking it is finite and > 0."""
-        values = getattr(layer, suffix).data
-        check_positive_finite(values, what=suffix, layer=self.context.prefix, file=self.error_file(suffix))
-        return values.to(torch.float32)
+    def check_values(self, layer: torch.nn.Module) -> None:
+        """Check every loaded parameter against its declaration's :class:`ValueRule`.
 
-    def check_zero_point(
-        self, layer: torch.nn.Module, suffix: str, low: int = -128, high: int = 127
-    ) -> torch.Tensor:
-        """``layer.<suffix>`` as float32, after checking it holds integers in ``[low, high]``."""
-        values = getattr(layer, suffix).data
-        check_integer_range(
-            values, low, high, what=suffix, layer=self.context.prefix, file=self.error_file(suffix)
-        )
-        return values.to(torch.float32)
+        Runs after loading, before the kernel is built (``vllm-modelslim
+        inspect`` applies the same rules to the stored tensors).
 
-    def check_finite(self, layer: torch.nn.Module, suffix: str) -> torch.Tensor:
-        """``layer.<suffix>`` as float32, after checking it has no NaN/inf."""
-        values = getattr(layer, suffix).data
-        check_finite(values, what=suffix, layer=self.context.prefix, file=self.error_file(suffix))
-        return values.to(torch.float32)
+        Raises:
+            InvalidScaleError: a scale is zero, negative, NaN or inf, an offset
+                is out of range or not zero where it must be (names layer and file).
+        """
+        for spec in self.checkpoint_tensors():
+            param = getattr(layer, spec.suffix, None)
+            if param is not None and spec.values is not ValueRule.ANY:
+                check_value_rule(
+                    param.data,
+                    spec.values,
+                    what=spec.suffix,
+                    layer=self.context.prefix,
+                    file=self.error_file(spec.suffix),
+                )
+
+    @staticmethod
+    def float_param(layer: torch.nn.Module, suffix: str) -> torch.Tensor:
+        """``layer.<suffix>`` as float32 (its values were checked by :meth:`check_values`)."""
+        return getattr(layer, suffix).data.to(torch.float32)
 
 
 def infer_group_size(context: LayerContext, weight: CheckpointTensor, scale_suffix: str) -> int:

@@ -53,6 +53,7 @@ class ModelSlimLinearMethod(LinearMethodBase):
                 tensors=self.scheme.checkpoint_tensors(),
                 group_size=self.scheme.group_size,
             )
+            self.scheme.check_stored_shapes(input_size)
         self.scheme.create_weights(
             layer,
             input_size_per_partition,
@@ -64,6 +65,7 @@ class ModelSlimLinearMethod(LinearMethodBase):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         if self.after_loading is not None:
             self.after_loading()  # checks that run once all weights are in (norm biases)
+        self.scheme.check_values(layer)
         self.scheme.process_weights_after_loading(layer)
 
     def apply(

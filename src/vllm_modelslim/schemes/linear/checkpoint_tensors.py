@@ -7,9 +7,12 @@ f32 for bf16 models, the old pipeline bf16).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from vllm_modelslim.format.tensor_spec import FLOAT_DTYPES, CheckpointTensor, TensorRole
+from vllm_modelslim.format.value_checks import ValueRule
 
 
 def fp32_from_int64_bits(t: torch.Tensor) -> torch.Tensor:
@@ -30,18 +33,21 @@ INT8_WEIGHT = CheckpointTensor("weight", TensorRole.WEIGHT, ("N", "K"), (torch.i
 """int8 ``[o, i]`` weight."""
 
 WEIGHT_SCALE = CheckpointTensor(
-    "weight_scale", TensorRole.PER_CHANNEL, ("N", 1), FLOAT_DTYPES, torch.float32, fill=1.0
-)
+    "weight_scale", TensorRole.PER_CHANNEL, ("N", 1), FLOAT_DTYPES, torch.float32, fill=1.0,
+    values=ValueRule.POSITIVE,
+)  # fmt: skip
 """Per-output-channel weight scale ``[o, 1]``."""
 
 WEIGHT_OFFSET = CheckpointTensor(
-    "weight_offset", TensorRole.PER_CHANNEL, ("N", 1), FLOAT_DTYPES, torch.float32, optional=True
-)
+    "weight_offset", TensorRole.PER_CHANNEL, ("N", 1), FLOAT_DTYPES, torch.float32, optional=True,
+    values=ValueRule.FINITE,
+)  # fmt: skip
 """Per-output-channel weight zero point ``[o, 1]``: ``w = (q − offset)·scale`` (ERRATA 1)."""
 
-OPTIONAL_WEIGHT_SCALE = CheckpointTensor(
-    "weight_scale", TensorRole.PER_CHANNEL, ("N", 1), FLOAT_DTYPES, torch.float32, optional=True, fill=1.0
-)
+SYMMETRIC_WEIGHT_OFFSET = replace(WEIGHT_OFFSET, values=ValueRule.ZERO)
+"""``weight_offset`` of the integer-activation schemes: stored, but must be all zero."""
+
+OPTIONAL_WEIGHT_SCALE = replace(WEIGHT_SCALE, optional=True)
 """``weight_scale`` where only old-pipeline/MIX checkpoints carry it (static W8A8)."""
 
 QUANT_BIAS = CheckpointTensor("quant_bias", TensorRole.PER_CHANNEL, ("N",), (torch.int32,), torch.int32)
@@ -55,17 +61,20 @@ DEQ_SCALE = CheckpointTensor(
     torch.float32,
     decode=fp32_from_int64_bits,
     fill=1.0,
+    values=ValueRule.POSITIVE,
 )
 """``input_scale·weight_scale`` ``[o]``: f32, or int64 holding f32 bits (fp16/fp32 models)."""
 
 INPUT_SCALE = CheckpointTensor(
-    "input_scale", TensorRole.PER_SHARD, (1,), FLOAT_DTYPES, torch.float32, fill=1.0
-)
+    "input_scale", TensorRole.PER_SHARD, (1,), FLOAT_DTYPES, torch.float32, fill=1.0,
+    values=ValueRule.POSITIVE,
+)  # fmt: skip
 """Static per-tensor activation scale ``[1]``."""
 
 INPUT_OFFSET = CheckpointTensor(
-    "input_offset", TensorRole.PER_SHARD, (1,), (*FLOAT_DTYPES, torch.int8), torch.float32
-)
+    "input_offset", TensorRole.PER_SHARD, (1,), (*FLOAT_DTYPES, torch.int8), torch.float32,
+    values=ValueRule.INT8,
+)  # fmt: skip
 """Static per-tensor activation zero point ``[1]``, integer-valued (f32 on disk in msmodelslim 26.1)."""
 
 
@@ -96,23 +105,26 @@ PACKED_WEIGHT_SHAPE = CheckpointTensor(
 """LLM-Compressor's logical ``[o, i]`` of a packed weight."""
 
 GROUP_WEIGHT_SCALE = CheckpointTensor(
-    "weight_scale", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, fill=1.0
-)
+    "weight_scale", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, fill=1.0,
+    values=ValueRule.POSITIVE,
+)  # fmt: skip
 """Per-group weight scale ``[o, i/g]``."""
 
 GROUP_WEIGHT_OFFSET = CheckpointTensor(
-    "weight_offset", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, optional=True
-)
+    "weight_offset", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, optional=True,
+    values=ValueRule.FINITE,
+)  # fmt: skip
 """Per-group zero point ``[o, i/g]``: ``w = (q − offset)·scale``."""
 
 SECOND_WEIGHT_SCALE = CheckpointTensor(
-    "weight_scale_second", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, fill=1.0
-)
+    "weight_scale_second", TensorRole.PER_GROUP, ("N", "G"), FLOAT_DTYPES, torch.float32, fill=1.0,
+    values=ValueRule.POSITIVE,
+)  # fmt: skip
 """Legacy per-group W4A8 second-level scale ``[o, i/g]`` (times the per-channel ``weight_scale``)."""
 
 SECOND_WEIGHT_OFFSET = CheckpointTensor(
     "weight_offset_second", TensorRole.PER_GROUP, ("N", "G"), (*FLOAT_DTYPES, torch.int64), torch.float32,
-    optional=True,
+    optional=True, values=ValueRule.ZERO,
 )  # fmt: skip
 """Legacy per-group W4A8 second-level zero point ``[o, i/g]`` (int64 zeros from msmodelslim)."""
 
@@ -129,15 +141,16 @@ def scale_bias(row_parallel: bool) -> CheckpointTensor:
     )  # fmt: skip
 
 
-CLIP_RATIO = CheckpointTensor("clip_ratio", TensorRole.PER_SHARD, (1,), FLOAT_DTYPES, torch.float32, fill=1.0)
+CLIP_RATIO = CheckpointTensor(
+    "clip_ratio", TensorRole.PER_SHARD, (1,), FLOAT_DTYPES, torch.float32, fill=1.0, values=ValueRule.RATIO
+)
 """FlatQuant activation clip ratio ``[1]`` (≈ 0.98)."""
 
 LEFT_TRANS = CheckpointTensor(
-    "left_trans", TensorRole.PER_SHARD_TENSOR, ("*", "*"), FLOAT_DTYPES, torch.float32
-)
+    "left_trans", TensorRole.PER_SHARD_TENSOR, ("*", "*"), FLOAT_DTYPES, torch.float32,
+    values=ValueRule.FINITE,
+)  # fmt: skip
 """FlatQuant left factor ``L`` ``[l, l]``."""
 
-RIGHT_TRANS = CheckpointTensor(
-    "right_trans", TensorRole.PER_SHARD_TENSOR, ("*", "*"), FLOAT_DTYPES, torch.float32, optional=True
-)
+RIGHT_TRANS = replace(LEFT_TRANS, suffix="right_trans", optional=True)
 """FlatQuant right factor ``R`` ``[r, r]``; absent on o_proj (identity, ERRATA 6)."""

@@ -1,35 +1,16 @@
-"""Checks shared by the integer-activation schemes: symmetric weights, int4 value range."""
+"""Checks shared by the integer-activation schemes on weight values (int4 range).
+
+Zero weight offsets (symmetric weights) are declared as a value rule
+(``SYMMETRIC_WEIGHT_OFFSET``) and checked with the other parameters.
+"""
 
 from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.format.errors import CheckpointTensorError, InvalidScaleError
+from vllm_modelslim.format.errors import CheckpointTensorError
 from vllm_modelslim.kernels.int4_packing import INT4_MAX, INT4_MIN
 from vllm_modelslim.schemes.base import LinearScheme
-
-
-def require_zero_weight_offset(
-    scheme: LinearScheme, layer: torch.nn.Module, suffix: str = "weight_offset"
-) -> None:
-    """Raise unless ``layer.<suffix>`` (if registered) is all zeros.
-
-    vllm-ascend ignores ``weight_offset`` in its W8A8/W8A8_DYNAMIC/W4A8/W4A4
-    schemes, which silently computes a wrong product for asymmetric weights;
-    msmodelslim writes zeros for these schemes, and anything else is refused.
-
-    Raises:
-        InvalidScaleError: some offset is non-zero (message names layer and file).
-    """
-    offset = getattr(layer, suffix, None)
-    if offset is not None and bool(torch.any(offset.data != 0)):
-        raise InvalidScaleError(
-            f"{scheme.quant_type} with asymmetric weights (non-zero {suffix}, e.g. "
-            f"{offset.data[offset.data != 0][0].item()!r}) is not supported: integer activations "
-            "times integer weights assume symmetric weights, which is what msmodelslim writes",
-            file=scheme.error_file(suffix),
-            layer=scheme.context.prefix,
-        )
 
 
 def require_int4_values(scheme: LinearScheme, values: torch.Tensor, suffix: str = "weight") -> torch.Tensor:

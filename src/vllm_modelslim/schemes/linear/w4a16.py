@@ -72,8 +72,8 @@ class W4A16LinearScheme(LinearScheme):
         return unpack_int4_from_int32(packed, dim=1, size=in_features)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        weight_scale = self.check_scale(layer, "weight_scale")
-        zero_point = self.check_finite(layer, "weight_offset") if hasattr(layer, "weight_offset") else None
+        weight_scale = self.float_param(layer, "weight_scale")
+        zero_point = self.float_param(layer, "weight_offset") if hasattr(layer, "weight_offset") else None
         layer.modelslim_kernel = make_weight_only_int4(
             self.unpacked_weight(layer), weight_scale, zero_point, layer.modelslim_params_dtype
         )

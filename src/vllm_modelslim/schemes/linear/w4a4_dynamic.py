@@ -17,9 +17,13 @@ import torch
 
 from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.schemes.base import LinearScheme
-from vllm_modelslim.schemes.linear.checkpoint_tensors import INT4_IN_INT8_WEIGHT, WEIGHT_OFFSET, WEIGHT_SCALE
+from vllm_modelslim.schemes.linear.checkpoint_tensors import (
+    INT4_IN_INT8_WEIGHT,
+    SYMMETRIC_WEIGHT_OFFSET,
+    WEIGHT_SCALE,
+)
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
-from vllm_modelslim.schemes.linear.symmetric import require_int4_values, require_zero_weight_offset
+from vllm_modelslim.schemes.linear.symmetric import require_int4_values
 from vllm_modelslim.schemes.registry import register_scheme
 
 ACTIVATION_BITS = 4
@@ -32,12 +36,11 @@ class W4A4DynamicLinearScheme(LinearScheme):
     quant_type = "W4A4_DYNAMIC"
 
     def checkpoint_tensors(self):
-        return (INT4_IN_INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
+        return (INT4_IN_INT8_WEIGHT, WEIGHT_SCALE, SYMMETRIC_WEIGHT_OFFSET)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = require_int4_values(self, layer.weight.data)
-        scale = self.check_scale(layer, "weight_scale").reshape(-1)
-        require_zero_weight_offset(self, layer)
+        scale = self.float_param(layer, "weight_scale").reshape(-1)
         layer.modelslim_kernel = make_scaled_int8_mm(weight, scale)
 
     def apply(self, layer, x, bias):

@@ -17,9 +17,11 @@ quantization.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
-from vllm_modelslim.format.errors import CheckpointTensorError, InvalidScaleError
+from vllm_modelslim.format.errors import CheckpointTensorError
 from vllm_modelslim.kernels import kronecker_transform, make_scaled_int8_mm, quantize_dynamic_per_token
 from vllm_modelslim.schemes.base import LinearScheme, apply_2d, shard_groups
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
@@ -27,10 +29,10 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT4_IN_INT8_WEIGHT,
     LEFT_TRANS,
     RIGHT_TRANS,
-    WEIGHT_OFFSET,
+    SYMMETRIC_WEIGHT_OFFSET,
     WEIGHT_SCALE,
 )
-from vllm_modelslim.schemes.linear.symmetric import require_int4_values, require_zero_weight_offset
+from vllm_modelslim.schemes.linear.symmetric import require_int4_values
 from vllm_modelslim.schemes.registry import register_scheme
 
 ACTIVATION_BITS = 4
@@ -43,43 +45,62 @@ class W4A4FlatQuantLinearScheme(LinearScheme):
     quant_type = "W4A4_FLATQUANT_DYNAMIC"
 
     def checkpoint_tensors(self):
-        return (INT4_IN_INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET, LEFT_TRANS, RIGHT_TRANS, CLIP_RATIO)
+        return (
+            INT4_IN_INT8_WEIGHT,
+            WEIGHT_SCALE,
+            SYMMETRIC_WEIGHT_OFFSET,
+            LEFT_TRANS,
+            RIGHT_TRANS,
+            CLIP_RATIO,
+        )
 
     def _transforms(self, layer: torch.nn.Module) -> list[tuple[torch.Tensor, torch.Tensor | None, float]]:
         """``(L, R or None, clip)`` per shard, after checking sizes and values."""
         in_features = layer.weight.shape[1]
-        left = self.check_finite(layer, "left_trans")
-        right = self.check_finite(layer, "right_trans") if hasattr(layer, "right_trans") else None
-        clip = self.check_scale(layer, "clip_ratio").tolist()
+        left = self.float_param(layer, "left_trans")
+        right = self.float_param(layer, "right_trans") if hasattr(layer, "right_trans") else None
+        clip = self.float_param(layer, "clip_ratio").tolist()
         transforms = []
         for shard in range(len(layer.logical_widths)):
             l_mat, r_mat = left[shard], None if right is None else right[shard]
-            r_size = r_mat.shape[0] if r_mat is not None else in_features // l_mat.shape[0]
-            square = l_mat.shape[0] == l_mat.shape[1] and (r_mat is None or r_mat.shape[0] == r_mat.shape[1])
-            if not square or l_mat.shape[0] * r_size != in_features:
-                sizes = f"{tuple(l_mat.shape)} and {None if r_mat is None else tuple(r_mat.shape)}"
-                raise CheckpointTensorError(
-                    f"FlatQuant transforms {sizes} of shard {self.context.shard_prefixes[shard]!r} must be "
-                    f"square with sizes multiplying to K = {in_features}",
-                    file=self.error_file("left_trans"),
-                    layer=self.context.prefix,
-                )
+            r_shape = None if r_mat is None else r_mat.shape
+            self._check_transform_sizes(shard, l_mat.shape, r_shape, in_features)
             transforms.append((l_mat, r_mat, clip[shard]))
         return transforms
 
+    def check_stored_shapes(self, in_features: int | None) -> None:
+        """Check each shard's stored ``left_trans``/``right_trans`` sizes against K (headers only)."""
+        checkpoint = self.context.checkpoint
+        if checkpoint is None or in_features is None:
+            return
+        for shard, prefix in enumerate(self.context.shard_prefixes):
+            left = checkpoint.get(f"{prefix}.left_trans")
+            right = checkpoint.get(f"{prefix}.right_trans")
+            if left is not None:
+                r_shape = None if right is None else right.shape
+                self._check_transform_sizes(shard, left.shape, r_shape, in_features)
+
+    def _check_transform_sizes(
+        self, shard: int, left: Sequence[int], right: Sequence[int] | None, in_features: int
+    ) -> None:
+        """Raise unless ``L`` (and ``R``) are square with ``l · r = K`` (``r = K / l`` without ``R``)."""
+        r_size = right[0] if right is not None else in_features // left[0]
+        square = left[0] == left[1] and (right is None or right[0] == right[1])
+        if not square or left[0] * r_size != in_features:
+            sizes = f"{tuple(left)} and {None if right is None else tuple(right)}"
+            raise CheckpointTensorError(
+                f"FlatQuant transforms {sizes} of shard {self.context.shard_prefixes[shard]!r} must be "
+                f"square with sizes multiplying to K = {in_features}",
+                file=self.error_file("left_trans"),
+                layer=self.context.prefix,
+            )
+
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = require_int4_values(self, layer.weight.data)
-        scale = self.check_scale(layer, "weight_scale").reshape(-1)
-        require_zero_weight_offset(self, layer)
+        scale = self.float_param(layer, "weight_scale").reshape(-1)
         kernels = torch.nn.ModuleList()
         transforms = []
         for start, stop, (left, right, clip) in shard_groups(layer.logical_widths, self._transforms(layer)):
-            if not 0 < clip <= 1:
-                raise InvalidScaleError(
-                    f"clip_ratio {clip} outside (0, 1]",
-                    file=self.error_file("clip_ratio"),
-                    layer=self.context.prefix,
-                )
             kernels.append(make_scaled_int8_mm(weight[start:stop], scale[start:stop]))
             transforms.append((left, right, clip))
         layer.modelslim_kernels = kernels

@@ -36,12 +36,12 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT4_PAIRS_WEIGHT,
     SECOND_WEIGHT_OFFSET,
     SECOND_WEIGHT_SCALE,
-    WEIGHT_OFFSET,
+    SYMMETRIC_WEIGHT_OFFSET,
     WEIGHT_SCALE,
     scale_bias,
 )
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
-from vllm_modelslim.schemes.linear.symmetric import require_int4_values, require_zero_weight_offset
+from vllm_modelslim.schemes.linear.symmetric import require_int4_values
 from vllm_modelslim.schemes.registry import register_scheme
 
 
@@ -74,17 +74,20 @@ class W4A8DynamicLinearScheme(LinearScheme):
         return self._group_size
 
     def checkpoint_tensors(self):
-        tensors = (self.weight_spec, WEIGHT_SCALE, WEIGHT_OFFSET, scale_bias(self.context.row_parallel))
+        tensors = (
+            self.weight_spec,
+            WEIGHT_SCALE,
+            SYMMETRIC_WEIGHT_OFFSET,
+            scale_bias(self.context.row_parallel),
+        )
         return tensors + (SECOND_WEIGHT_SCALE, SECOND_WEIGHT_OFFSET) if self.per_group else tensors
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = layer.weight.data
         weight = unpack_int4_pairs(weight, dim=0) if self.packed else require_int4_values(self, weight)
-        scale = self.check_scale(layer, "weight_scale").reshape(-1)
-        require_zero_weight_offset(self, layer)
+        scale = self.float_param(layer, "weight_scale").reshape(-1)
         if self.per_group:
-            require_zero_weight_offset(self, layer, "weight_offset_second")
-            scale = scale.unsqueeze(1) * self.check_scale(layer, "weight_scale_second")
+            scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
         layer.modelslim_kernel = make_scaled_int8_mm(weight, scale)
 
     def apply(self, layer, x, bias):

@@ -30,8 +30,8 @@ class W8A16LinearScheme(LinearScheme):
         return (INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        weight_scale = self.check_scale(layer, "weight_scale").reshape(-1)
-        zero_point = self.check_finite(layer, "weight_offset").reshape(-1)
+        weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
+        zero_point = self.float_param(layer, "weight_offset").reshape(-1)
         layer.modelslim_kernel = make_weight_only_int8(
             layer.weight.data, weight_scale, zero_point, layer.modelslim_params_dtype
         )

@@ -33,9 +33,8 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT8_WEIGHT,
     OPTIONAL_WEIGHT_SCALE,
     QUANT_BIAS,
-    WEIGHT_OFFSET,
+    SYMMETRIC_WEIGHT_OFFSET,
 )
-from vllm_modelslim.schemes.linear.symmetric import require_zero_weight_offset
 from vllm_modelslim.schemes.registry import register_scheme
 
 
@@ -53,14 +52,13 @@ class W8A8StaticLinearScheme(LinearScheme):
             INPUT_OFFSET,
             DEQ_SCALE,
             OPTIONAL_WEIGHT_SCALE,
-            WEIGHT_OFFSET,
+            SYMMETRIC_WEIGHT_OFFSET,
         )
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        deq_scale = self.check_scale(layer, "deq_scale").reshape(-1)
-        input_scale = self.check_scale(layer, "input_scale").reshape(-1)
-        input_offset = self.check_zero_point(layer, "input_offset").reshape(-1)
-        require_zero_weight_offset(self, layer)
+        deq_scale = self.float_param(layer, "deq_scale").reshape(-1)
+        input_scale = self.float_param(layer, "input_scale").reshape(-1)
+        input_offset = self.float_param(layer, "input_offset").reshape(-1)
         quant_bias = layer.quant_bias.data
         if isinstance(layer, RowParallelLinear) and getattr(layer, "tp_rank", 0) > 0:
             quant_bias = None

@@ -15,9 +15,12 @@ import torch
 
 from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.schemes.base import LinearScheme
-from vllm_modelslim.schemes.linear.checkpoint_tensors import INT8_WEIGHT, WEIGHT_OFFSET, WEIGHT_SCALE
+from vllm_modelslim.schemes.linear.checkpoint_tensors import (
+    INT8_WEIGHT,
+    SYMMETRIC_WEIGHT_OFFSET,
+    WEIGHT_SCALE,
+)
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
-from vllm_modelslim.schemes.linear.symmetric import require_zero_weight_offset
 from vllm_modelslim.schemes.registry import register_scheme
 
 
@@ -28,11 +31,10 @@ class W8A8DynamicLinearScheme(LinearScheme):
     quant_type = "W8A8_DYNAMIC"
 
     def checkpoint_tensors(self):
-        return (INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
+        return (INT8_WEIGHT, WEIGHT_SCALE, SYMMETRIC_WEIGHT_OFFSET)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        weight_scale = self.check_scale(layer, "weight_scale").reshape(-1)
-        require_zero_weight_offset(self, layer)
+        weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
         layer.modelslim_kernel = make_scaled_int8_mm(layer.weight.data, weight_scale)
 
     def apply(self, layer, x, bias):

@@ -16,15 +16,7 @@ from __future__ import annotations
 import torch
 
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme
-from vllm_modelslim.schemes.linear.checkpoint_tensors import (
-    DEQ_SCALE,
-    INPUT_OFFSET,
-    INPUT_SCALE,
-    INT8_WEIGHT,
-    QUANT_BIAS,
-    WEIGHT_OFFSET,
-    WEIGHT_SCALE,
-)
+from vllm_modelslim.schemes.linear.checkpoint_tensors import WEIGHT_SCALE
 from vllm_modelslim.schemes.linear.w8a8 import W8A8StaticLinearScheme
 from vllm_modelslim.schemes.linear.w8a8_dynamic import W8A8DynamicLinearScheme
 from vllm_modelslim.schemes.registry import register_scheme
@@ -52,7 +44,9 @@ class W8A8MixLinearScheme(LinearScheme):
         self.kv_consumer = is_kv_consumer()  # schemes are built with the model, under its vLLM config
 
     def checkpoint_tensors(self):
-        return (INT8_WEIGHT, QUANT_BIAS, INPUT_SCALE, INPUT_OFFSET, DEQ_SCALE, WEIGHT_SCALE, WEIGHT_OFFSET)
+        # The static set, with weight_scale required (the dynamic math needs it).
+        static = self.static.checkpoint_tensors()
+        return tuple(WEIGHT_SCALE if spec.suffix == WEIGHT_SCALE.suffix else spec for spec in static)
 
     def active(self, layer: torch.nn.Module) -> LinearScheme:
         """The scheme whose math this instance runs."""

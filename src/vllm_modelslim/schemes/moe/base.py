@@ -265,6 +265,7 @@ class MoEScheme:
                     list(layer.modelslim_widths[name]),
                     layer.modelslim_params_dtype,
                 )
+                scheme.check_values(view)
                 scheme.process_weights_after_loading(view)
                 view.drop_checkpoint_tensors()
                 projections.append(view)
