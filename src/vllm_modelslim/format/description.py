@@ -33,6 +33,8 @@ FLOAT = "FLOAT"
 # A description lists a few entries per tensor; even a 1T-parameter model stays
 # far below this. Anything larger is not a description file.
 MAX_DESCRIPTION_BYTES = 256 * 1024 * 1024
+MAX_KEY_CHARS = 4096
+"""Longest accepted key: tensor names are far shorter; longer keys are hostile or corrupt input."""
 
 
 @dataclass(frozen=True)
@@ -55,8 +57,9 @@ class QuantDescription:
         """Validate a decoded JSON value and split it into entries and settings.
 
         Raises:
-            DescriptionFormatError: ``raw`` is not an object, or a per-tensor
-                entry's value is not a non-empty string.
+            DescriptionFormatError: ``raw`` is not an object, a key is longer than
+                :data:`MAX_KEY_CHARS`, or a per-tensor entry's value is not a
+                non-empty string.
         """
         if not isinstance(raw, Mapping):
             raise DescriptionFormatError(
@@ -68,6 +71,12 @@ class QuantDescription:
         for key, value in raw.items():
             if not isinstance(key, str):
                 raise DescriptionFormatError(f"key {key!r} is not a string", file=source)
+            if len(key) > MAX_KEY_CHARS:
+                raise DescriptionFormatError(
+                    f"key of {len(key)} characters ({key[:60]!r}...) is longer than any tensor name "
+                    f"({MAX_KEY_CHARS} allowed)",
+                    file=source,
+                )
             if "." not in key:
                 settings[key] = value
                 continue
@@ -198,7 +207,7 @@ def parse_description_file(path: str | Path) -> QuantDescription:
             f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})", file=path
         ) from exc
     except _DuplicateKey as exc:
-        raise DescriptionFormatError(f"key {exc.key!r} appears more than once", file=path) from None
+        raise DescriptionFormatError(f"key {exc.key[:200]!r} appears more than once", file=path) from None
     except RecursionError:
         raise DescriptionFormatError("JSON nesting is too deep", file=path) from None
     return QuantDescription.from_mapping(raw, source=str(path))

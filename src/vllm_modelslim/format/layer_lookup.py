@@ -13,7 +13,7 @@ Rules (ModelSlim semantics, with clearer errors than vllm-ascend's KeyError):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from vllm_modelslim.format.description import FLOAT, QuantDescription
@@ -96,3 +96,43 @@ def resolve_layer(
             layer=prefix,
         )
     return LayerQuant(prefix=prefix, quant_type=distinct.pop(), shard_prefixes=shards)
+
+
+def check_expert_entries(
+    description: QuantDescription,
+    prefix: str,
+    quant_type: str,
+    num_experts: int,
+    expert_shards: Callable[[int], Iterable[str]],
+) -> None:
+    """Check that every expert of a routed-experts layer is described with ``quant_type``.
+
+    Args:
+        description: the parsed description.
+        prefix: the experts layer (``model.layers.0.mlp.experts``), for messages.
+        quant_type: expert 0's quant type, which decides the layer's scheme.
+        num_experts: experts the model has.
+        expert_shards: checkpoint prefixes of one expert's projections.
+
+    Raises:
+        LayerNotDescribedError: an expert projection has no ``.weight`` entry.
+        PackedShardMismatchError: an expert projection has another quant type
+            (vllm-ascend silently runs expert 0's type for all).
+    """
+    for expert in range(num_experts):
+        for shard in expert_shards(expert):
+            found = description.quant_type(f"{shard}.weight")
+            if found is None:
+                raise LayerNotDescribedError(
+                    f"the description has no entry '{shard}.weight'; every expert of a "
+                    f"quantized MoE layer needs one ({num_experts} experts)",
+                    file=description.source,
+                    layer=prefix,
+                )
+            if found != quant_type:
+                raise PackedShardMismatchError(
+                    f"'{shard}.weight' is {found}, but expert 0 is {quant_type}; vLLM"
+                    " runs all experts of a layer as one layer, so they must share a quant type",
+                    file=description.source,
+                    layer=prefix,
+                )

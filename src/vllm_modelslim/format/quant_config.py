@@ -34,7 +34,7 @@ from vllm_modelslim.format.description import QuantDescription, load_description
 from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, UnknownQuantTypeError
 from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
-from vllm_modelslim.schemes import LayerContext, get_scheme_class, registered_quant_types
+from vllm_modelslim.schemes import LayerContext, require_scheme_class
 from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
 from vllm_modelslim.schemes.moe import MoEContext
 from vllm_modelslim.schemes.moe_method import ModelSlimFusedMoEMethod
@@ -50,6 +50,45 @@ _UNSUPPORTED_SETTINGS = {
     "fa_quant_type": "attention (FA) quantization",
     "indexer_quant_type": "sparse-attention indexer quantization",
 }
+
+
+def unsupported_layer_error(
+    prefix: str, quant_type: str, what: str, description: QuantDescription
+) -> UnknownQuantTypeError:
+    """The error for a quantized layer kind that has no scheme (embeddings, lm_head)."""
+    return UnknownQuantTypeError(
+        f"{what} ({quant_type}) is not supported yet; the layer must be FLOAT",
+        file=description.source,
+        layer=prefix,
+    )
+
+
+def norm_bias_shape_errors(checkpoint: CheckpointIndex, sizes: set[int]) -> list[CheckpointTensorError]:
+    """One error per stored ``*norm.bias`` that is not a vector of a norm's size (``sizes``)."""
+    return [
+        CheckpointTensorError(
+            f"norm bias {info.name!r} has shape {list(info.shape)}; a norm bias is one vector of the "
+            f"norm's size ({sorted(sizes)})",
+            file=info.file,
+            layer=info.name.removesuffix(".bias"),
+        )
+        for info in checkpoint
+        if info.name.endswith(NORM_BIAS_SUFFIX)
+        and (len(info.shape) != 1 or (sizes and info.shape[0] not in sizes))
+    ]
+
+
+def unsupported_feature_errors(description: QuantDescription) -> list[UnknownQuantTypeError]:
+    """One error per global setting that asks for a feature this plugin lacks (C8, FA, indexer)."""
+    return [
+        UnknownQuantTypeError(
+            f"{key}={description.settings[key]!r} asks for {feature}, which this plugin "
+            "does not implement yet; serving without it would silently change the numerics",
+            file=description.source,
+        )
+        for key, feature in _UNSUPPORTED_SETTINGS.items()
+        if description.settings.get(key)
+    ]
 
 
 class AscendModelSlimConfig(QuantizationConfig):
@@ -157,15 +196,12 @@ class AscendModelSlimConfig(QuantizationConfig):
         return resolve_layer(self._require_description(), prefix, mapping, required=required)
 
     def _scheme_class(self, layer_quant: LayerQuant, layer_type: str) -> type:
-        scheme_cls = get_scheme_class(layer_quant.quant_type, layer_type)
-        if scheme_cls is None:
-            raise UnknownQuantTypeError(
-                f"quant type {layer_quant.quant_type!r} has no {layer_type} scheme; supported for this "
-                f"layer type: {registered_quant_types(layer_type) + ['FLOAT']}",
-                file=self._require_description().source,
-                layer=layer_quant.prefix,
-            )
-        return scheme_cls
+        return require_scheme_class(
+            layer_quant.quant_type,
+            layer_type,
+            layer=layer_quant.prefix,
+            file=self._require_description().source,
+        )
 
     def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
@@ -205,35 +241,19 @@ class AscendModelSlimConfig(QuantizationConfig):
         """Raise if the description quantizes a layer kind that has no scheme yet."""
         layer_quant = self._resolve(prefix, required=required)
         if layer_quant is not None and not layer_quant.is_float:
-            raise UnknownQuantTypeError(
-                f"{what} ({layer_quant.quant_type}) is not supported yet; the layer must be FLOAT",
-                file=self._require_description().source,
-                layer=prefix,
-            )
+            raise unsupported_layer_error(prefix, layer_quant.quant_type, what, self._require_description())
 
     @staticmethod
     def _reject_unsupported_features(description: QuantDescription) -> None:
-        for key, feature in _UNSUPPORTED_SETTINGS.items():
-            if description.settings.get(key):
-                raise UnknownQuantTypeError(
-                    f"{key}={description.settings[key]!r} asks for {feature}, which this plugin "
-                    "does not implement yet; serving without it would silently change the numerics",
-                    file=description.source,
-                )
+        for error in unsupported_feature_errors(description):
+            raise error
 
     def _track_norm_biases(self, description: QuantDescription, hf_config: Any) -> None:
         if self.checkpoint is not None:  # the tensors are the truth; the description may omit them
             names = {t.name for t in self.checkpoint if t.name.endswith(NORM_BIAS_SUFFIX)}
             sizes = {getattr(hf_config, "hidden_size", None), getattr(hf_config, "head_dim", None)} - {None}
-            for name in sorted(names):
-                info = self.checkpoint.get(name)
-                if info is not None and (len(info.shape) != 1 or (sizes and info.shape[0] not in sizes)):
-                    raise CheckpointTensorError(
-                        f"norm bias {name!r} has shape {list(info.shape)}; a norm bias is one vector of the "
-                        f"norm's size ({sorted(sizes)})",
-                        file=info.file,
-                        layer=name.removesuffix(".bias"),
-                    )
+            for error in norm_bias_shape_errors(self.checkpoint, sizes):
+                raise error
         else:
             names = {k for k in description.entries if k.endswith(NORM_BIAS_SUFFIX)}
         if names and not register_rms_norm_bias():

@@ -17,10 +17,9 @@ from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig, FusedMoE
 from vllm.utils.torch_utils import direct_register_custom_op
 
 from vllm_modelslim.format.errors import (
-    LayerNotDescribedError,
-    PackedShardMismatchError,
     UnknownQuantTypeError,
 )
+from vllm_modelslim.format.layer_lookup import check_expert_entries
 from vllm_modelslim.format.tensor_spec import validate_layer_tensors
 from vllm_modelslim.schemes.moe.base import W2, W13, MoEScheme
 
@@ -89,25 +88,13 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
 
     def _check_description(self) -> None:
         context = self.scheme.context
-        description = context.description
-        for expert in range(context.num_experts):
-            for projection in (W13, W2):
-                for shard in context.shard_prefixes(expert, projection):
-                    quant_type = description.quant_type(f"{shard}.weight")
-                    if quant_type is None:
-                        raise LayerNotDescribedError(
-                            f"the description has no entry '{shard}.weight'; every expert of a "
-                            f"quantized MoE layer needs one ({context.num_experts} experts)",
-                            file=description.source,
-                            layer=context.prefix,
-                        )
-                    if quant_type != context.quant_type:
-                        raise PackedShardMismatchError(
-                            f"'{shard}.weight' is {quant_type}, but expert 0 is {context.quant_type}; vLLM"
-                            " runs all experts of a layer as one layer, so they must share a quant type",
-                            file=description.source,
-                            layer=context.prefix,
-                        )
+        check_expert_entries(
+            context.description,
+            context.prefix,
+            context.quant_type,
+            context.num_experts,
+            lambda e: (*context.shard_prefixes(e, W13), *context.shard_prefixes(e, W2)),
+        )
 
     def _check_headers(self, hidden_size: int, intermediate_size: int) -> None:
         context = self.scheme.context

@@ -48,3 +48,23 @@ def get_scheme_class(quant_type: str, layer_type: str) -> type | None:
 def registered_quant_types(layer_type: str) -> list[str]:
     """Sorted quant types that have a scheme for ``layer_type``."""
     return sorted(qt for qt, lt in _SCHEME_REGISTRY if lt == layer_type)
+
+
+def require_scheme_class(quant_type: str, layer_type: str, *, layer: str, file: str) -> type:
+    """The scheme class for ``(quant_type, layer_type)``.
+
+    Raises:
+        UnknownQuantTypeError: no scheme is registered; the message names the
+            layer, the description file and the supported types.
+    """
+    from vllm_modelslim.format.errors import UnknownQuantTypeError
+
+    scheme_cls = get_scheme_class(quant_type, layer_type)
+    if scheme_cls is None:
+        raise UnknownQuantTypeError(
+            f"quant type {quant_type!r} has no {layer_type} scheme; supported for this "
+            f"layer type: {registered_quant_types(layer_type) + ['FLOAT']}",
+            file=file,
+            layer=layer,
+        )
+    return scheme_cls
