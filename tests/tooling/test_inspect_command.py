@@ -138,3 +138,40 @@ def test_missing_folder_is_a_problem_not_a_crash(tmp_path):
     assert result.returncode == 1
     (problem,) = json.loads(result.stdout)["problems"]
     assert problem["kind"] == "DescriptionNotFoundError"
+
+
+def test_compressed_tensors_folder_is_summarised_from_its_config(tmp_path):
+    # Hand-made: an LLM-Compressor-style config.json and one int8 weight with its scale.
+    import torch
+    from safetensors.torch import save_file
+
+    config = {
+        "model_type": "qwen3",
+        "quantization_config": {
+            "quant_method": "compressed-tensors",
+            "format": "int-quantized",
+            "ignore": ["lm_head"],
+            "config_groups": {
+                "group_0": {
+                    "targets": ["Linear"],
+                    "weights": {"num_bits": 8, "type": "int", "strategy": "channel", "symmetric": True},
+                    "input_activations": {"num_bits": 8, "strategy": "token", "dynamic": True},
+                }
+            },
+        },
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_file(
+        {
+            "model.layers.0.mlp.down_proj.weight": torch.zeros(64, 128, dtype=torch.int8),
+            "model.layers.0.mlp.down_proj.weight_scale": torch.ones(64, 1, dtype=torch.bfloat16),
+        },
+        str(tmp_path / "model.safetensors"),
+    )
+    result = run_inspect(tmp_path, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = json.loads(result.stdout)
+    assert data["format"] == "compressed-tensors" and data["description_file"] is None
+    group = data["settings"]["config_groups"]["group_0"]
+    assert group["weights"]["strategy"] == "channel" and group["input_activations"]["dynamic"] is True
+    assert data["bytes_by_dtype"] == {"I8": 64 * 128, "BF16": 64 * 2}
