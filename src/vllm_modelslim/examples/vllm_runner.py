@@ -94,14 +94,24 @@ def greedy_generate(llm, prompts: list[list[int]], max_tokens: int) -> list[Gene
     return generations
 
 
-def prompt_top1(llm, sequences: list[list[int]]) -> list[list[int]]:
-    """For each sequence, vLLM's top-1 prediction at positions 1..T-1 (teacher forcing)."""
+def prompt_scores(llm, sequences: list[list[int]]) -> list[list[tuple[float, int]]]:
+    """Teacher-forced scores at positions 1..T-1: ``(log p(actual token), top-1 token id)`` per position."""
     from vllm import SamplingParams, TokensPrompt
 
     params = SamplingParams(temperature=0.0, max_tokens=1, prompt_logprobs=1)
     outputs = llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
     result = []
-    for output in outputs:
+    for sequence, output in zip(sequences, outputs, strict=True):
         steps = output.prompt_logprobs[1:]
-        result.append([max(step.items(), key=lambda kv: kv[1].logprob)[0] for step in steps])
+        result.append(
+            [
+                (float(step[token].logprob), max(step.items(), key=lambda kv: kv[1].logprob)[0])
+                for token, step in zip(sequence[1:], steps, strict=True)
+            ]
+        )
     return result
+
+
+def prompt_top1(llm, sequences: list[list[int]]) -> list[list[int]]:
+    """For each sequence, vLLM's top-1 prediction at positions 1..T-1 (teacher forcing)."""
+    return [[top1 for _, top1 in scores] for scores in prompt_scores(llm, sequences)]
