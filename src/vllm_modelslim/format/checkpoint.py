@@ -48,6 +48,14 @@ class TensorInfo:
     dtype_name: str
     shape: tuple[int, ...]
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored data (0 for a dtype torch does not know)."""
+        count = 1
+        for size in self.shape:
+            count *= size
+        return count * (self.dtype.itemsize if self.dtype is not None else 0)
+
 
 class CheckpointIndex:
     """Tensor name → :class:`TensorInfo` for every ``*.safetensors`` file of a folder."""

@@ -80,6 +80,13 @@ class CheckpointTensor:
     packed_factor: int = 1
     values: ValueRule = ValueRule.ANY
 
+    def unpacked_shape(self, stored: Sequence[int]) -> tuple[int, ...]:
+        """The logical shape of a stored tensor: its packed dim times ``packed_factor``."""
+        shape = list(stored)
+        if self.packed_dim is not None and len(shape) > self.packed_dim:
+            shape[self.packed_dim] *= self.packed_factor
+        return tuple(shape)
+
 
 @dataclass(frozen=True)
 class ShapeSymbols:

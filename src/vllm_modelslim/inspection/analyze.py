@@ -27,7 +27,6 @@ import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +136,9 @@ def _scan(folder: Path, report: CheckpointReport) -> CheckpointIndex | None:
     report.num_tensors = len(index)
     sizes: Counter[str] = Counter()
     for info in index:
-        sizes[info.dtype_name] += _nbytes(info.shape, info.dtype)
+        sizes[info.dtype_name] += info.nbytes
     report.bytes_by_dtype = dict(sizes.most_common())
     return index
-
-
-def _nbytes(shape: Sequence[int], dtype: torch.dtype | None) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count * (dtype.itemsize if dtype is not None else 0)
 
 
 def _summarise_compressed_tensors(report: CheckpointReport, config: dict[str, Any]) -> None:
@@ -173,13 +165,6 @@ def _summarise_compressed_tensors(report: CheckpointReport, config: dict[str, An
     }
 
 
-@dataclass
-class _MoEGroup:
-    """Description entries of one routed-experts layer: expert → projection → quant type."""
-
-    experts: dict[int, dict[str, str]] = field(default_factory=lambda: defaultdict(dict))
-
-
 class _ModelSlimInspection:
     """One pass over the description and the headers, collecting every problem."""
 
@@ -203,23 +188,31 @@ class _ModelSlimInspection:
         self._files = ExitStack()
         self._handles: dict[Path, Any] = {}
 
+    def _vllm_layer(self, prefix: str) -> tuple[str, int | None]:
+        """The vLLM layer a checkpoint layer belongs to (fused shards, routed experts), and its expert id."""
+        expert = _EXPERT.match(prefix)
+        if expert:
+            return expert["layer"], int(expert["expert"])
+        head, _, name = prefix.rpartition(".")
+        name = self.fused_name.get(name, name)
+        return (f"{head}.{name}" if head else name), None
+
     def run(self) -> None:
         linear: dict[str, None] = {}
-        moe: dict[str, _MoEGroup] = defaultdict(_MoEGroup)
+        moe: dict[str, int] = {}  # experts layer -> highest expert id described
         for prefix, quant_type in self.description.weight_entries():
-            expert = _EXPERT.match(prefix)
-            if expert:
-                moe[expert["layer"]].experts[int(expert["expert"])][expert["proj"]] = quant_type
+            layer, expert = self._vllm_layer(prefix)
+            if expert is not None:
+                moe[layer] = max(expert, moe.get(layer, 0))
             elif prefix.rpartition(".")[2] in EMBEDDING_NAMES:
                 self._embedding(prefix, quant_type)
             elif self._is_linear(prefix, quant_type):
-                head, _, name = prefix.rpartition(".")
-                linear[f"{head}.{self.fused_name.get(name, name)}" if head else name] = None
+                linear[layer] = None
         with self._files:
             for prefix in linear:
                 self._guard(self._linear, prefix)
-            for prefix, group in moe.items():
-                self._guard(self._moe, prefix, group)
+            for prefix, last_expert in moe.items():
+                self._guard(self._moe, prefix, last_expert)
         self._undescribed_tensors()
         self._norm_biases()
         self.report.values_checked = self.read_values
@@ -288,7 +281,7 @@ class _ModelSlimInspection:
         self._check_tensors(scheme, shards, prefix, out_features, in_features)
         scheme.check_stored_shapes(in_features)
 
-    def _moe(self, prefix: str, group: _MoEGroup) -> None:
+    def _moe(self, prefix: str, last_expert: int) -> None:
         gate, up, down = (p.rpartition(".")[2] for p in self.mapping.get("experts", [])) or (
             "gate_proj",
             "up_proj",
@@ -297,8 +290,8 @@ class _ModelSlimInspection:
         num_experts = next(
             (self.config[k] for k in _NUM_EXPERTS_KEYS if isinstance(self.config.get(k), int)), 0
         )
-        num_experts = num_experts or max(group.experts) + 1
-        first = group.experts.get(0, {}).get(gate)
+        num_experts = num_experts or last_expert + 1
+        first = self.description.quant_type(f"{prefix}.0.{gate}.weight")
         shards = (f"{prefix}.0.{gate}", f"{prefix}.0.{up}", f"{prefix}.0.{down}")
         row = LayerRow(prefix, "moe", first or "?", shards, experts=num_experts)
         self.report.layers.append(row)
@@ -329,13 +322,12 @@ class _ModelSlimInspection:
         )
         moe_scheme = scheme_cls(context)
         row.scheme = scheme_cls.__name__
-        hidden = self.config.get("hidden_size") if isinstance(self.config.get("hidden_size"), int) else None
-        intermediate = projection_sizes(self.config, f"{prefix}.0.{gate}")
+        # The gate projection's (N, K) is (moe_intermediate_size, hidden_size).
+        i, hidden = projection_sizes(self.config, f"{prefix}.0.{gate}") or (None, None)
         stored = bf16 = 0
         for projection in (W13, W2):
             # As the loader: expert 0's scheme declares the tensors every expert must store.
             scheme = moe_scheme.projection(projection)
-            i = intermediate[0] if intermediate else None
             out_features = ([i, i] if projection == W13 else [hidden]) if i and hidden else None
             in_features = (hidden if projection == W13 else i) if i and hidden else None
             for expert in range(num_experts):
@@ -415,11 +407,7 @@ class _ModelSlimInspection:
         info = self.index.get(f"{shard}.{weight.suffix}") if weight and self.index is not None else None
         if weight is None or info is None or len(info.shape) != 2:
             return None
-        n, k = info.shape
-        if weight.packed_dim == 0:
-            n *= weight.packed_factor
-        elif weight.packed_dim == 1:
-            k *= weight.packed_factor
+        n, k = weight.unpacked_shape(info.shape)
         return n, k
 
     def _stored_bytes(self, shards: Sequence[str], scheme: LinearScheme | None = None) -> int:
@@ -427,7 +415,7 @@ class _ModelSlimInspection:
             return 0
         suffixes = [s.suffix for s in scheme.checkpoint_tensors()] if scheme else ["weight", "bias"]
         return sum(
-            _nbytes(info.shape, info.dtype)
+            info.nbytes
             for shard in shards
             for suffix in suffixes
             if (info := self.index.get(f"{shard}.{suffix}")) is not None
@@ -445,11 +433,7 @@ class _ModelSlimInspection:
                 continue
             if self.description.quant_type(info.name) is not None:
                 continue
-            prefix = info.name.removesuffix(".weight")
-            expert = _EXPERT.match(prefix)
-            head, _, name = prefix.rpartition(".")
-            layer = expert["layer"] if expert else f"{head}.{self.fused_name.get(name, name)}"
-            layers[layer].append(info.name)
+            layers[self._vllm_layer(info.name.removesuffix(".weight"))[0]].append(info.name)
         for layer, names in layers.items():
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             self.report.add(

@@ -268,7 +268,7 @@ def infer_group_size(context: LayerContext, weight: CheckpointTensor, scale_suff
     """
     weight_shape, scale_shape = context.stored_shape(weight.suffix), context.stored_shape(scale_suffix)
     if weight_shape is not None and scale_shape is not None and len(weight_shape) == 2 == len(scale_shape):
-        k = weight_shape[1] * (weight.packed_factor if weight.packed_dim == 1 else 1)
+        k = weight.unpacked_shape(weight_shape)[1]
         if scale_shape[1] and k % scale_shape[1] == 0:
             return k // scale_shape[1]
         raise CheckpointTensorError(
