@@ -7,11 +7,18 @@ never with NaNs in the output.
 
 from __future__ import annotations
 
+import math
 from enum import Enum
 
 import torch
 
 from vllm_modelslim.format.errors import InvalidScaleError
+
+
+def _first_bad(values: torch.Tensor, bad: torch.Tensor) -> tuple[int, float]:
+    """Flat index and value of the first element flagged in ``bad`` (same shape as ``values``)."""
+    index = int(bad.reshape(-1).nonzero()[0])
+    return index, values.reshape(-1)[index].item()
 
 
 def check_positive_finite(values: torch.Tensor, *, what: str, layer: str, file: str | None) -> None:
@@ -25,17 +32,16 @@ def check_positive_finite(values: torch.Tensor, *, what: str, layer: str, file: 
     v = values.detach().to(torch.float64)
     bad = ~torch.isfinite(v) | (v <= 0)
     if bool(bad.any()):
-        flat = v.reshape(-1)
-        index = int(bad.reshape(-1).nonzero()[0])
+        index, first = _first_bad(v, bad)
         kind = (
             "NaN"
-            if torch.isnan(flat[index])
+            if math.isnan(first)
             else "inf"
-            if torch.isinf(flat[index])
-            else ("zero" if flat[index] == 0 else "negative")
+            if math.isinf(first)
+            else ("zero" if first == 0 else "negative")
         )
         raise InvalidScaleError(
-            f"{what} has {int(bad.sum())} invalid value(s) (first: {kind} {flat[index].item()!r} at "
+            f"{what} has {int(bad.sum())} invalid value(s) (first: {kind} {first!r} at "
             f"flat index {index}); scales must be finite and > 0",
             file=file,
             layer=layer,
@@ -49,11 +55,9 @@ def check_integer_range(
     v = values.detach().to(torch.float64)
     bad = ~torch.isfinite(v) | (v != torch.round(v)) | (v < low) | (v > high)
     if bool(bad.any()):
-        flat = v.reshape(-1)
-        index = int(bad.reshape(-1).nonzero()[0])
+        index, first = _first_bad(v, bad)
         raise InvalidScaleError(
-            f"{what} must hold integers in [{low}, {high}], found {flat[index].item()!r} "
-            f"at flat index {index}",
+            f"{what} must hold integers in [{low}, {high}], found {first!r} at flat index {index}",
             file=file,
             layer=layer,
         )
@@ -88,7 +92,7 @@ def check_ratio(values: torch.Tensor, *, what: str, layer: str, file: str | None
     v = values.detach().to(torch.float64)
     bad = ~torch.isfinite(v) | (v <= 0) | (v > 1)
     if bool(bad.any()):
-        first = v.reshape(-1)[int(bad.reshape(-1).nonzero()[0])].item()
+        _, first = _first_bad(v, bad)
         raise InvalidScaleError(f"{what} {first!r} outside (0, 1]", file=file, layer=layer)
 
 
