@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
 from vllm_modelslim.examples.tiny_qwen3 import held_out_texts
-from vllm_modelslim.examples.vllm_runner import greedy_generate, make_llm, prompt_top1
+from vllm_modelslim.examples.vllm_runner import close_llm, greedy_generate, make_llm, prompt_top1
 from vllm_modelslim.reference.model import ReferenceModel
 
 NEW_TOKENS = 32
@@ -77,6 +78,20 @@ def start_engine(case: Case, folder, tmp_path_factory):
             kv_connector_extra_config={"shared_storage_path": str(tmp_path_factory.mktemp("kv"))},
         )
     return make_llm(folder, "ascend", dtype=case.dtype, enforce_eager=not case.compiled, **extra)
+
+
+def engine_fixture(cases: list[Case]):
+    """A module-scoped ``engine`` fixture yielding ``(case, folder, llm)`` for each of ``cases``."""
+
+    @pytest.fixture(scope="module", params=cases, ids=[c.id for c in cases])
+    def engine(request, checkpoint, tmp_path_factory):
+        case: Case = request.param
+        folder = checkpoint(case.recipe, case.handmade)
+        llm = start_engine(case, folder, tmp_path_factory)
+        yield case, folder, llm
+        close_llm(llm)
+
+    return engine
 
 
 _references: dict[tuple[str, bool], ReferenceModel] = {}

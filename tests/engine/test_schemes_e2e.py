@@ -33,14 +33,12 @@ from e2e_compare import (
     TOP1_FLOOR,
     Case,
     compare_with_reference,
+    engine_fixture,
     evaluation_sequences,
     prompt_sequences,
     reference_for,
-    start_engine,
     top1_agreement,
 )
-
-from vllm_modelslim.examples.vllm_runner import close_llm
 
 pytestmark = pytest.mark.engine
 
@@ -72,13 +70,7 @@ CASES += [
 ]  # fmt: skip
 
 
-@pytest.fixture(scope="module", params=CASES, ids=[c.id for c in CASES])
-def engine(request, checkpoint, tmp_path_factory):
-    case: Case = request.param
-    folder = checkpoint(case.recipe, case.handmade)
-    llm = start_engine(case, folder, tmp_path_factory)
-    yield case, folder, llm
-    close_llm(llm)
+engine = engine_fixture(CASES)
 
 
 @pytest.fixture(scope="module")
