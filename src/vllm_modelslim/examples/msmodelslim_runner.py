@@ -101,6 +101,9 @@ RECIPES: dict[str, QuantRecipe] = {
         QuantRecipe("w4a8_dynamic", "w4a8_dynamic.yaml", ("W4A8_DYNAMIC",)),
         QuantRecipe("w4a8_dynamic_pergroup", "w4a8_dynamic_pergroup.yaml", ("W4A8_DYNAMIC",)),
         QuantRecipe("w4a4_dynamic", "w4a4_dynamic.yaml", ("W4A4_DYNAMIC",), seconds=20),
+        # int8 KV cache (C8): kv_cache_scale/offset per k_proj/v_proj; asym writes non-zero offsets.
+        QuantRecipe("w8a8c8", "w8a8c8.yaml", ("W8A8",), seconds=40),
+        QuantRecipe("w8a8c8_asym", "w8a8c8_asym.yaml", ("W8A8_DYNAMIC",), seconds=20),
         QuantRecipe(
             "w4a4_flatquant",
             "w4a4_flatquant.yaml",
@@ -120,6 +123,7 @@ RECIPES: dict[str, QuantRecipe] = {
         _moe("moe_w8a8_dynamic", ("W8A8_DYNAMIC",)),
         _moe("moe_w8a8_static", ("W8A8",)),
         _moe("moe_w8a8_mix", ("W8A8_MIX",)),
+        _moe("moe_w8a8c8", ("W8A8",)),
         _moe("moe_w8a16", ("W8A16",)),
         _moe("moe_w4a16", ("W4A16",)),
         _moe("moe_w4a8_dynamic", ("W8A8_DYNAMIC", "W4A8_DYNAMIC")),

@@ -12,12 +12,15 @@ unquantized method for ``FLOAT`` layers.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from vllm.config import get_current_vllm_config
 from vllm.logger import init_logger
+from vllm.model_executor.layers.attention.attention import Attention
 from vllm.model_executor.layers.fused_moe import RoutedExperts
 from vllm.model_executor.layers.linear import LinearBase, RowParallelLinear, UnquantizedLinearMethod
 from vllm.model_executor.layers.quantization import register_quantization_config
@@ -32,9 +35,16 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription, load_description
 from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, UnknownQuantTypeError
+from vllm_modelslim.format.kv_cache_c8 import (
+    CACHE_SCALE_RENAMES,
+    c8_attention_prefixes,
+    c8_tensor_errors,
+    kv_channels_of,
+)
 from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
 from vllm_modelslim.schemes import LayerContext, require_scheme_class
+from vllm_modelslim.schemes.attention import AttentionContext
 from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
 from vllm_modelslim.schemes.moe import MoEContext
 from vllm_modelslim.schemes.moe_method import ModelSlimFusedMoEMethod
@@ -45,8 +55,11 @@ logger = init_logger(__name__)
 QUANTIZATION_METHOD_NAMES = ("ascend", "modelslim")
 """Names accepted by ``--quantization`` (``ascend`` as in vLLM Ascend's docs)."""
 
+KV_CACHE_STORAGE_OPTION = "modelslim_kv_cache_storage"
+"""``additional_config`` key: ``"int8"`` (default) stores a C8 cache as int8 where the attention
+backend allows it, ``"model-dtype"`` keeps the model dtype (same numerics, no memory saving)."""
+
 _UNSUPPORTED_SETTINGS = {
-    "kv_cache_type": "int8 KV cache (C8)",
     "fa_quant_type": "attention (FA) quantization",
     "indexer_quant_type": "sparse-attention indexer quantization",
 }
@@ -79,7 +92,7 @@ def norm_bias_shape_errors(checkpoint: CheckpointIndex, sizes: set[int]) -> list
 
 
 def unsupported_feature_errors(description: QuantDescription) -> list[UnknownQuantTypeError]:
-    """One error per global setting that asks for a feature this plugin lacks (C8, FA, indexer)."""
+    """One error per global setting that asks for a feature this plugin lacks (FA, indexer quantization)."""
     return [
         UnknownQuantTypeError(
             f"{key}={description.settings[key]!r} asks for {feature}, which this plugin "
@@ -107,6 +120,9 @@ class AscendModelSlimConfig(QuantizationConfig):
         self.checkpoint: CheckpointIndex | None = None
         self.model_type: str | None = None
         self.norm_bias_tracker: NormBiasTracker | None = None
+        self.c8_prefixes: list[str] = []
+        self.kv_channels: int | None = None
+        self.num_hidden_layers: int | None = None
         self._name_map: dict[str, str] = {}
 
     # --- QuantizationConfig interface -------------------------------------
@@ -144,12 +160,18 @@ class AscendModelSlimConfig(QuantizationConfig):
         """
         if hf_config is not None:
             self.model_type = getattr(hf_config, "model_type", None)
+            text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
+            self.kv_channels = kv_channels_of(text_config)
+            self.num_hidden_layers = getattr(text_config, "num_hidden_layers", None)
         folder = Path(model_name)
         if self.description is None:
             self.description = load_description(folder)
         if folder.is_dir() and self.checkpoint is None:
             self.checkpoint = CheckpointIndex.scan(folder)
         self._reject_unsupported_features(self.description)
+        self.c8_prefixes = c8_attention_prefixes(self.description)
+        for error in c8_tensor_errors(self.description, self.checkpoint, self.kv_channels):
+            raise error
         self._track_norm_biases(self.description, hf_config)
         logger.info(
             "ModelSlim description %s: quant types %s",
@@ -179,7 +201,22 @@ class AscendModelSlimConfig(QuantizationConfig):
             return None  # vLLM's unquantized embedding
         if isinstance(layer, RoutedExperts):
             return self._moe_method(layer, prefix)  # None: vLLM's unquantized fused MoE
+        if isinstance(layer, Attention):
+            return self._attention_method(prefix)  # None: a KV cache in the model dtype
         return None
+
+    def get_cache_scale_mapper(self) -> Any:  # type: ignore[override]
+        """Checkpoint → vLLM names of KV-cache tensors: vLLM's defaults, plus the C8 tensors.
+
+        C8: ``*.{k,v}_proj.kv_cache_{scale,offset}`` → ``*.attn.{k,v}_cache_{scale,offset}``.
+        """
+        from vllm.model_executor.models.utils import WeightsMapper
+
+        mapper = QuantizationConfig.get_cache_scale_mapper()
+        if not self.c8_prefixes:
+            return mapper
+        renames = {re.compile(pattern): new for pattern, new in CACHE_SCALE_RENAMES.items()}
+        return WeightsMapper(orig_to_new_regex=renames) | mapper
 
     # --- helpers -------------------------------------------------------------
 
@@ -196,12 +233,11 @@ class AscendModelSlimConfig(QuantizationConfig):
         return resolve_layer(self._require_description(), prefix, mapping, required=required)
 
     def _scheme_class(self, layer_quant: LayerQuant, layer_type: str) -> type:
-        return require_scheme_class(
-            layer_quant.quant_type,
-            layer_type,
-            layer=layer_quant.prefix,
-            file=self._require_description().source,
-        )
+        return self._scheme_class_for(layer_quant.quant_type, layer_type, layer_quant.prefix)
+
+    def _scheme_class_for(self, quant_type: str, layer_type: str, layer: str) -> type:
+        source = self._require_description().source
+        return require_scheme_class(quant_type, layer_type, layer=layer, file=source)
 
     def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
@@ -236,6 +272,31 @@ class AscendModelSlimConfig(QuantizationConfig):
             checkpoint=self.checkpoint,
         )
         return ModelSlimFusedMoEMethod(scheme_cls(context), layer.moe_config)
+
+    def _attention_method(self, prefix: str) -> QuantizeMethodBase | None:
+        checkpoint_prefix = self._name_map.get(prefix, prefix).removesuffix(".attn")
+        if checkpoint_prefix not in self.c8_prefixes:
+            return None
+        description = self._require_description()
+        context = AttentionContext(
+            prefix=prefix,
+            checkpoint_prefix=checkpoint_prefix,
+            description=description,
+            checkpoint=self.checkpoint,
+            kv_channels=self.kv_channels,
+            int8_storage=self._int8_kv_storage(),
+        )
+        return self._scheme_class_for("C8", "attention", checkpoint_prefix)(self, context)
+
+    def _int8_kv_storage(self) -> bool:
+        """Store C8 caches as int8: every layer is C8 (one cache layout) and the user did not opt out."""
+        option = get_current_vllm_config().additional_config
+        storage = option.get(KV_CACHE_STORAGE_OPTION, "int8") if isinstance(option, dict) else "int8"
+        if storage not in ("int8", "model-dtype"):
+            raise ValueError(
+                f"additional_config {KV_CACHE_STORAGE_OPTION}={storage!r}: use 'int8' or 'model-dtype'"
+            )
+        return storage == "int8" and len(self.c8_prefixes) == self.num_hidden_layers
 
     def _reject_quantized(self, prefix: str, what: str, *, required: bool) -> None:
         """Raise if the description quantizes a layer kind that has no scheme yet."""

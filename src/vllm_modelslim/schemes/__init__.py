@@ -5,6 +5,7 @@ to create vLLM parameters and to validate the checkpoint), turns them into a
 kernel's layout after loading, and runs the kernel.
 """
 
+from vllm_modelslim.schemes import attention as _attention  # noqa: F401  (registers the schemes)
 from vllm_modelslim.schemes import linear as _linear  # noqa: F401  (registers the schemes)
 from vllm_modelslim.schemes import moe as _moe  # noqa: F401  (registers the schemes)
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme
