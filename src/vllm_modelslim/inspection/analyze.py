@@ -28,6 +28,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -40,6 +41,13 @@ from vllm_modelslim.format.errors import (
     DescriptionFormatError,
     LayerNotDescribedError,
     ModelSlimFormatError,
+)
+from vllm_modelslim.format.kv_cache_c8 import (
+    C8,
+    C8_TENSORS,
+    c8_attention_prefixes,
+    c8_tensor_errors,
+    kv_channels_of,
 )
 from vllm_modelslim.format.layer_lookup import check_expert_entries, resolve_layer
 from vllm_modelslim.format.packed_modules import packed_modules_for
@@ -213,6 +221,7 @@ class _ModelSlimInspection:
                 self._guard(self._linear, prefix)
             for prefix, last_expert in moe.items():
                 self._guard(self._moe, prefix, last_expert)
+            self._kv_cache()
         self._undescribed_tensors()
         self._norm_biases()
         self.report.values_checked = self.read_values
@@ -444,6 +453,36 @@ class _ModelSlimInspection:
                     layer=layer,
                 )
             )
+
+    def _kv_cache(self) -> None:
+        """The C8 int8 KV-cache tensors: the loader's header checks, then their values."""
+        try:
+            prefixes = c8_attention_prefixes(self.description)
+        except ModelSlimFormatError as error:
+            self.report.add(error)
+            return
+        for prefix in prefixes:
+            scheme = self._scheme_class(C8, "attention", prefix).__name__
+            self.report.layers.append(LayerRow(f"{prefix}.attn", "attention", C8, (prefix,), scheme=scheme))
+        kv_channels = kv_channels_of(SimpleNamespace(**self.config))
+        for error in c8_tensor_errors(self.description, self.index, kv_channels):
+            self.report.add(error)
+        if not self.read_values:
+            return
+        assert self.index is not None
+        for prefix in prefixes:
+            for tensor in C8_TENSORS:
+                info = self.index.get(f"{prefix}.{tensor.suffix}")
+                if info is not None and info.dtype is not None and info.dtype.is_floating_point:
+                    values = self._handle(info.file).get_tensor(info.name)
+                    self._guard(
+                        check_value_rule,
+                        values,
+                        tensor.values,
+                        what=tensor.suffix,
+                        layer=prefix,
+                        file=str(info.file),
+                    )
 
     def _norm_biases(self) -> None:
         if self.index is not None:

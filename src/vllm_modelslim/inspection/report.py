@@ -49,7 +49,7 @@ class LayerRow:
 
     Attributes:
         prefix: vLLM layer prefix in checkpoint naming (``model.layers.0.self_attn.qkv_proj``).
-        layer_type: ``"linear"`` or ``"moe"``.
+        layer_type: ``"linear"``, ``"moe"``, ``"embedding"`` or ``"attention"`` (an int8 KV cache).
         quant_type: the description's quant type (``"FLOAT"`` when unquantized).
         shards: checkpoint prefixes of the fused parts (one per expert projection for MoE: expert 0's).
         experts: number of routed experts (0 for a linear layer).

@@ -3,8 +3,9 @@
 The model architecture comes from ``transformers`` (the checkpoint's
 ``config.json``), runs in float32, every linear layer the description
 quantizes is replaced by :class:`ReferenceQuantizedLinear`, and the routed
-experts of MoE layers by :class:`~vllm_modelslim.reference.moe.ReferenceExperts`. It has no KV cache
-tricks, no batching and no fused kernels: slow, simple, and independent of
+experts of MoE layers by :class:`~vllm_modelslim.reference.moe.ReferenceExperts`; an int8 KV cache
+(C8) is reproduced by :class:`~vllm_modelslim.reference.kv_cache.QuantDequantKVCache`. It has no paged
+cache, no batching and no fused kernels: slow, simple, and independent of
 vLLM, which makes it the oracle for the end-to-end tests.
 """
 
@@ -22,6 +23,7 @@ from vllm_modelslim.format.description import (
     find_description_file,
     parse_description_file,
 )
+from vllm_modelslim.reference.kv_cache import QuantDequantKVCache, c8_layer_params
 from vllm_modelslim.reference.moe import ReferenceExperts
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 
@@ -72,6 +74,8 @@ class ReferenceModel:
             tensors.update(load_file(str(path)))
         self.description = self._description(model_dir)
         self.kv_consumer = kv_consumer
+        head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+        self.kv_cache_quant = c8_layer_params(tensors, config.num_key_value_heads, head_dim)
         self.expert_layers = self._replace_experts(tensors)
         self.quantized_layers = self._replace_quantized_linears(tensors)
         norm_biases = {k: tensors.pop(k) for k in list(tensors) if k.endswith("norm.bias")}
@@ -143,7 +147,12 @@ class ReferenceModel:
     def logits(self, token_ids: list[int]) -> torch.Tensor:
         """float32 logits ``[T, vocab]`` for one sequence."""
         ids = torch.tensor([token_ids], dtype=torch.long)
-        return self.model(input_ids=ids).logits[0].float()
+        cache = (
+            QuantDequantKVCache(self.kv_cache_quant, config=self.model.config)
+            if self.kv_cache_quant
+            else None
+        )
+        return self.model(input_ids=ids, past_key_values=cache).logits[0].float()
 
     @torch.no_grad()
     def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> GreedyResult:
