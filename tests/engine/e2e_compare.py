@@ -46,11 +46,13 @@ class Case:
     compiled: bool = False
     handmade: str | None = None
     kv_consumer: bool = False
+    kv_cache_storage: str | None = None  # C8: "int8" (default) or "model-dtype"
 
     @property
     def id(self) -> str:
         parts = [self.handmade or self.recipe, self.dtype]
         parts += ["compiled"] * self.compiled + ["kv-consumer"] * self.kv_consumer
+        parts += [f"kv-{self.kv_cache_storage}"] if self.kv_cache_storage else []
         return "-".join(parts)
 
 
@@ -68,7 +70,11 @@ def evaluation_sequences(model_dir) -> list[list[int]]:
 
 def start_engine(case: Case, folder, tmp_path_factory):
     """An in-process vLLM engine for ``case`` (a KV-consumer one for ``kv_consumer`` cases)."""
-    extra = {}
+    extra: dict = {}
+    if case.kv_cache_storage:
+        from vllm_modelslim.format.quant_config import KV_CACHE_STORAGE_OPTION
+
+        extra["additional_config"] = {KV_CACHE_STORAGE_OPTION: case.kv_cache_storage}
     if case.kv_consumer:
         from vllm.config import KVTransferConfig
 

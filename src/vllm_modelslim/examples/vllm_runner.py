@@ -17,12 +17,16 @@ DEFAULT_KV_CACHE_BYTES = 256 * 2**20
 
 @dataclass
 class Generation:
-    """One greedy generation: prompt ids, generated ids and their log-probabilities."""
+    """One greedy generation: prompt ids, generated ids and their log-probabilities.
+
+    ``cached_tokens``: prompt tokens vLLM read from its prefix cache instead of computing.
+    """
 
     prompt_ids: list[int]
     token_ids: list[int]
     logprobs: list[float]
     text: str
+    cached_tokens: int = 0
 
 
 def make_llm(
@@ -90,7 +94,8 @@ def greedy_generate(llm, prompts: list[list[int]], max_tokens: int) -> list[Gene
         completion = output.outputs[0]
         ids = list(completion.token_ids)
         logprobs = [float(step[token].logprob) for token, step in zip(ids, completion.logprobs, strict=True)]
-        generations.append(Generation(list(prompt), ids, logprobs, completion.text))
+        cached = output.num_cached_tokens or 0
+        generations.append(Generation(list(prompt), ids, logprobs, completion.text, cached))
     return generations
 
 

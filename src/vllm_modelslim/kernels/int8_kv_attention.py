@@ -54,34 +54,38 @@ def _round_trip_impl(base: type) -> type:
 class Int8PagedCPUAttentionImpl(CPUAttentionBackendImpl):
     """vLLM's CPU attention with an int8 paged cache, dequantized per forward.
 
-    The CPU backend's cache is ``[num_blocks, kv_heads, block_size, 2·head_dim]``;
-    viewed as ``[num_blocks, kv_heads, 2·block_size, head_dim]`` its first
-    ``block_size`` rows of each block are keys, the others values.
+    vLLM allocates the cache as ``[num_blocks, kv_heads, block_size, 2·head_dim]``
+    of ``layer.kv_cache_torch_dtype`` (int8 here). Only this class reads and
+    writes it, token-major: viewed as ``[num_blocks, block_size, kv_heads,
+    2·head_dim]``, a slot holds ``cat([quantize(k), quantize(v)], -1)``. A
+    forward dequantizes the blocks its sequences use (one gather, keys and
+    values together) and lets vLLM's own writer and CPU attention kernel run on
+    that scratch cache in the model dtype (the kernel's block layout depends
+    on the CPU ISA; the writer knows it).
     """
 
     __slots__ = ()  # keeps the impl's object layout, so its class can be swapped in place
 
     @staticmethod
-    def _key_value_views(kv_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        num_blocks, kv_heads, block_size, _ = kv_cache.shape
-        rows = kv_cache.view(num_blocks, kv_heads, 2 * block_size, -1)
-        return rows[:, :, :block_size], rows[:, :, block_size:]
+    def _token_major(kv_cache: torch.Tensor) -> torch.Tensor:
+        num_blocks, kv_heads, block_size, width = kv_cache.shape
+        return kv_cache.view(num_blocks, block_size, kv_heads, width)
 
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         if kv_cache.dtype != torch.int8:  # e.g. the profiling run before the cache exists
             return super().do_kv_cache_update(layer, key, value, kv_cache, slot_mapping)
         params: Int8KVCacheParams = layer.int8_kv_cache
-        key_cache, value_cache = self._key_value_views(kv_cache)
-        block_size = key_cache.shape[2]
+        cache = self._token_major(kv_cache)
         count = slot_mapping.shape[0]
         key, value = key[:count], value[:count]
         valid = slot_mapping >= 0  # -1: padding tokens that own no slot
         if not bool(valid.all()):
             slot_mapping, key, value = slot_mapping[valid], key[valid], value[valid]
         slots = slot_mapping.long()
-        blocks, positions = slots // block_size, slots % block_size
-        key_cache[blocks, :, positions] = params.key.quantize(key)
-        value_cache[blocks, :, positions] = params.value.quantize(value)
+        block_size = cache.shape[1]
+        cache[slots // block_size, slots % block_size] = torch.cat(
+            [params.key.quantize(key), params.value.quantize(value)], dim=-1
+        )
 
     def forward(self, layer, query, key, value, kv_cache, attn_metadata, output, *args: Any, **kwargs: Any):
         if attn_metadata is None or kv_cache.dtype != torch.int8:
@@ -89,19 +93,13 @@ class Int8PagedCPUAttentionImpl(CPUAttentionBackendImpl):
         params: Int8KVCacheParams = layer.int8_kv_cache
         block_table = attn_metadata.block_table
         used, local_table = torch.unique(block_table.long(), return_inverse=True)
-        key_cache, value_cache = self._key_value_views(kv_cache)
-        _, kv_heads, block_size, head_dim = key_cache.shape
-        dtype = query.dtype
-        # Dequantize the used blocks to tokens [n·block_size, kv_heads, head_dim] and let vLLM's
-        # writer lay them out in a scratch cache (its layout depends on the CPU ISA).
-        scratch = torch.empty((used.numel(), kv_heads, block_size, 2 * head_dim), dtype=dtype)
+        cache = self._token_major(kv_cache)
+        _, block_size, kv_heads, width = cache.shape
         tokens = used.numel() * block_size
-        keys = key_cache[used].transpose(1, 2).reshape(tokens, kv_heads, head_dim)
-        values = value_cache[used].transpose(1, 2).reshape(tokens, kv_heads, head_dim)
+        kv = params.joint.dequantize(cache[used].view(tokens, kv_heads, width), query.dtype)
+        scratch = torch.empty((used.numel(), kv_heads, block_size, width), dtype=query.dtype)
         slots = torch.arange(tokens, dtype=torch.long)
-        super().do_kv_cache_update(
-            layer, params.key.dequantize(keys, dtype), params.value.dequantize(values, dtype), scratch, slots
-        )
+        super().do_kv_cache_update(layer, kv[..., : width // 2], kv[..., width // 2 :], scratch, slots)
         local = dataclasses.replace(attn_metadata, block_table=local_table.to(block_table.dtype))
         return super().forward(layer, query, key, value, scratch, local, output, *args, **kwargs)
 

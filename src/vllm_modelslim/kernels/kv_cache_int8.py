@@ -15,6 +15,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -47,7 +48,8 @@ def dequantize_kv_int8(
         scale, offset: float32 ``[kv_heads, head_dim]``.
         dtype: output dtype (the model's compute dtype).
     """
-    return ((q.to(torch.float32) - offset) * scale).to(dtype)
+    x = q.to(torch.float32)
+    return x.sub_(offset).mul_(scale).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -84,3 +86,13 @@ class Int8KVCacheParams:
 
     key: KVChannelQuant
     value: KVChannelQuant
+
+    @functools.cached_property
+    def joint(self) -> KVChannelQuant:
+        """Keys and values side by side: parameters ``[kv_heads, 2·head_dim]`` for ``cat([k, v], -1)``."""
+        return KVChannelQuant(
+            *(
+                torch.cat([getattr(self.key, f), getattr(self.value, f)], dim=-1)
+                for f in ("scale", "offset", "dequant_offset")
+            )
+        )
