@@ -1,0 +1,76 @@
+"""The static per-channel int8 KV-cache math (ModelSlim C8) against hand-computed values."""
+
+import torch
+
+from vllm_modelslim.kernels.kv_cache_int8 import (
+    Int8KVCacheParams,
+    KVChannelQuant,
+    dequantize_kv_int8,
+    quantize_kv_int8,
+)
+from vllm_modelslim.schemes.attention import C8KVCacheMethod
+
+
+def params(heads: int = 2, dim: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.rand(heads, dim, generator=g) * 0.05 + 0.01
+    offset = torch.randint(-40, 40, (heads, dim), generator=g).float()
+    return scale, offset
+
+
+def test_quantize_is_round_of_x_over_scale_plus_offset_per_channel():
+    scale, offset = params()
+    x = torch.randn(5, 2, 4) * 0.5
+    q = quantize_kv_int8(x, scale, offset)
+
+    def one(t: int, h: int, d: int) -> int:
+        return max(-128, min(127, round(float(x[t, h, d]) / float(scale[h, d]) + float(offset[h, d]))))
+
+    expected = [[[one(t, h, d) for d in range(4)] for h in range(2)] for t in range(5)]
+    assert q.dtype == torch.int8
+    assert q.tolist() == expected  # Python's round() is half-to-even, as torch.round
+
+
+def test_quantize_rounds_ties_to_even_and_clamps_to_int8():
+    scale = torch.ones(1, 4)
+    offset = torch.zeros(1, 4)
+    x = torch.tensor([[[2.5, 3.5, -2.5, 1000.0]], [[-1000.0, 127.4, -128.6, 0.5]]])
+    assert quantize_kv_int8(x, scale, offset).tolist() == [[[2, 4, -2, 127]], [[-128, 127, -128, 0]]]
+
+
+def test_dequantize_subtracts_the_offset_then_scales():
+    scale, offset = params()
+    q = torch.randint(-128, 128, (3, 2, 4), dtype=torch.int8)
+    out = dequantize_kv_int8(q, scale, offset, torch.bfloat16)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, ((q.float() - offset) * scale).to(torch.bfloat16))
+
+
+def test_round_trip_error_is_at_most_half_a_step_inside_the_range():
+    scale, offset = params()
+    quant = KVChannelQuant(scale, offset, offset)
+    x = (torch.rand(64, 2, 4) * 200 - 100 - offset) * scale  # q before clamping stays in [-100, 100]
+    err = (quant.round_trip(x) - x).abs()
+    assert bool((err <= scale / 2 + 1e-6).all())
+
+
+def test_joint_parameters_put_keys_then_values_side_by_side():
+    (ks, ko), (vs, vo) = params(seed=1), params(seed=2)
+    k, v = KVChannelQuant(ks, ko, ko), KVChannelQuant(vs, vo, vo)
+    joint = Int8KVCacheParams(k, v).joint
+    x = torch.randn(7, 2, 8) * 0.3
+    q = joint.quantize(x)
+    assert torch.equal(q, torch.cat([k.quantize(x[..., :4]), v.quantize(x[..., 4:])], dim=-1))
+    assert torch.equal(
+        joint.dequantize(q, torch.float32),
+        torch.cat([k.dequantize(q[..., :4], torch.float32), v.dequantize(q[..., 4:], torch.float32)], dim=-1),
+    )
+
+
+def test_c8_scheme_dequantizes_with_the_offset():
+    """The one place the C8 rule is chosen: reads return (q − offset)·scale (ModelSlim), not q·scale."""
+    scale, offset = params()
+    quant = C8KVCacheMethod._channel_quant(scale, offset)
+    assert torch.equal(quant.dequant_offset, offset)
+    x = (torch.rand(16, 2, 4) * 100 - 50 - offset) * scale
+    assert bool(((quant.round_trip(x) - x).abs() <= scale / 2 + 1e-6).all())
