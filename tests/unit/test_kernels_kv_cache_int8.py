@@ -1,5 +1,6 @@
 """The static per-channel int8 KV-cache math (ModelSlim C8) against hand-computed values."""
 
+import pytest
 import torch
 
 from vllm_modelslim.kernels.kv_cache_int8 import (
@@ -74,3 +75,16 @@ def test_c8_scheme_dequantizes_with_the_offset():
     assert torch.equal(quant.dequant_offset, offset)
     x = (torch.rand(16, 2, 4) * 100 - 50 - offset) * scale
     assert bool(((quant.round_trip(x) - x).abs() <= scale / 2 + 1e-6).all())
+
+
+def test_tensor_parallel_ranks_take_their_kv_heads():
+    from vllm_modelslim.schemes.attention.c8_kv_cache import rank_kv_channels
+
+    values = torch.arange(4 * 3, dtype=torch.float32)  # 4 KV heads of 3 channels
+    assert rank_kv_channels(values, 4, 3, 0, 1).tolist() == values.reshape(4, 3).tolist()
+    assert rank_kv_channels(values, 2, 3, 1, 2).tolist() == [[6, 7, 8], [9, 10, 11]]
+    # 8 ranks, 4 heads: each head is replicated on two ranks
+    assert [rank_kv_channels(values, 1, 3, r, 8)[0, 0].item() for r in range(8)] == [0, 0, 3, 3, 6, 6, 9, 9]
+    assert rank_kv_channels(torch.tensor([0.5]), 2, 3, 0, 1).tolist() == [[0.5] * 3] * 2
+    with pytest.raises(ValueError, match="whole number of kv heads"):
+        rank_kv_channels(torch.arange(10.0), 2, 3, 0, 1)

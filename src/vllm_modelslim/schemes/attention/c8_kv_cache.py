@@ -166,17 +166,40 @@ class C8KVCacheMethod(BaseKVCacheMethod):
         return KVChannelQuant(scale=scale, offset=offset, dequant_offset=dequant_offset)
 
     def _rank_channels(self, layer: torch.nn.Module, tensor: C8Tensor, values: torch.Tensor) -> torch.Tensor:
-        """float32 ``[local kv_heads, head_dim]``: this tensor-parallel rank's slice of ``values``."""
-        heads, head_dim = layer.num_kv_heads, layer.head_size
-        if values.numel() == 1:
-            return values.reshape(1, 1).expand(heads, head_dim).contiguous()
-        total_heads, remainder = divmod(values.numel(), head_dim)
-        if remainder or total_heads < heads:
+        rank, world = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
+        try:
+            return rank_kv_channels(values, layer.num_kv_heads, layer.head_size, rank, world)
+        except ValueError as exc:
             raise CheckpointTensorError(
-                f"{tensor.suffix} has {values.numel()} values, which is not a whole number of "
-                f"kv heads of {head_dim} channels covering this rank's {heads}",
+                f"{tensor.suffix}: {exc}",
                 file=self.context.file_of(tensor),
                 layer=self.context.checkpoint_prefix,
-            )
-        start = get_tensor_model_parallel_rank() * total_heads // get_tensor_model_parallel_world_size()
-        return values.reshape(total_heads, head_dim)[start : start + heads].contiguous()
+            ) from None
+
+
+def rank_kv_channels(
+    values: torch.Tensor, heads: int, head_dim: int, rank: int, world_size: int
+) -> torch.Tensor:
+    """One tensor-parallel rank's per-channel values, ``[heads, head_dim]``.
+
+    Args:
+        values: 1 value (broadcast) or ``total_kv_heads·head_dim`` values, head-major.
+        heads: KV heads on this rank (vLLM's ``Attention.num_kv_heads``).
+        head_dim: channels per head.
+        rank, world_size: tensor-parallel position; with fewer KV heads than
+            ranks, vLLM replicates each head and rank ``r`` holds head
+            ``r·total/world_size`` (the same slicing as vLLM Ascend's C8 backend).
+
+    Raises:
+        ValueError: ``values`` is not a whole number of heads covering this rank's.
+    """
+    if values.numel() == 1:
+        return values.reshape(1, 1).expand(heads, head_dim).contiguous()
+    total_heads, remainder = divmod(values.numel(), head_dim)
+    if remainder or total_heads < heads:
+        raise ValueError(
+            f"{values.numel()} values are not a whole number of kv heads of {head_dim} channels "
+            f"covering this rank's {heads}"
+        )
+    start = rank * total_heads // world_size
+    return values.reshape(total_heads, head_dim)[start : start + heads].contiguous()
