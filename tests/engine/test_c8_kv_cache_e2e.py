@@ -13,9 +13,8 @@ quantize-dequantizes K/V exactly as msmodelslim's calibration does (rules of
 ``test_schemes_e2e.py``: identical float32 tokens, bf16 teacher-forced bounds),
 and they are measurably closer to it than to the same reference without the KV
 quantization; teacher-forced top-1 agreement with the unquantized model stays
-above the W8 floor. A bf16 engine with the cache stored as int8 produces exactly
-the tokens and log-probabilities of one that stores the round-tripped values in
-bf16, with twice the cache capacity.
+above the W8 floor. ``test_c8_kv_cache_storage.py`` compares the int8 and the
+bf16 storage of the cache.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from e2e_compare import (
     top1_agreement,
 )
 
-from vllm_modelslim.examples.vllm_runner import close_llm, greedy_generate, make_llm
+from vllm_modelslim.examples.vllm_runner import greedy_generate
 from vllm_modelslim.reference.model import ReferenceModel
 
 pytestmark = pytest.mark.engine
@@ -119,47 +118,3 @@ def test_top1_agreement_with_unquantized_model(engine, request):
     share = top1_agreement(llm, reference_for(model_dir), evaluation_sequences(model_dir))
     print(f"\n{case.id}: top-1 agreement with the unquantized model {share:.1%}")
     assert share >= TOP1_FLOOR["default"]
-
-
-def test_int8_storage_is_exact_and_doubles_the_cache(quantized, demo_model):
-    """bf16: the int8 cache and the bf16 round-trip cache give identical results; int8 holds 2× the tokens.
-
-    A 300-token prompt sent twice makes the second request read its first
-    blocks from the prefix cache (written by the first request).
-    """
-    folder = quantized("w8a8c8")
-    long_prompt = [t for p in evaluation_sequences(demo_model) for t in p][:300]
-    runs = {}
-    for storage in ("int8", "model-dtype"):
-        llm = make_llm(folder, additional_config={"modelslim_kv_cache_storage": storage})
-        try:
-            blocks = llm.llm_engine.vllm_config.cache_config.num_gpu_blocks
-            first = greedy_generate(llm, prompt_sequences(demo_model) + [long_prompt], NEW_TOKENS)
-            again = greedy_generate(llm, [long_prompt], NEW_TOKENS)
-            runs[storage] = (blocks, first, again)
-        finally:
-            close_llm(llm)
-    (int8_blocks, int8_gens, int8_again), (bf16_blocks, bf16_gens, bf16_again) = (
-        runs["int8"],
-        runs["model-dtype"],
-    )
-    print(f"\nKV cache blocks in the same budget: int8 {int8_blocks}, bf16 {bf16_blocks}")
-    assert int8_blocks == 2 * bf16_blocks
-    for a, b in zip(int8_gens + int8_again, bf16_gens + bf16_again, strict=True):
-        assert a.token_ids == b.token_ids
-        assert a.logprobs == b.logprobs
-    assert int8_again[0].token_ids == int8_gens[-1].token_ids
-    print(f"prefix-cache hit of the repeated prompt: {int8_again[0].cached_tokens} of 300 tokens")
-    assert int8_again[0].cached_tokens >= 256
-
-
-def test_other_kv_cache_dtype_is_refused(quantized):
-    from vllm_modelslim.examples.vllm_runner import reset_after_failed_start
-    from vllm_modelslim.format import UnknownQuantTypeError
-
-    with pytest.raises(UnknownQuantTypeError, match="kv_cache_dtype='fp8'") as raised:
-        try:
-            make_llm(quantized("w8a8c8"), kv_cache_dtype="fp8")
-        finally:
-            reset_after_failed_start()
-    assert "model.layers.0.self_attn" in str(raised.value)
