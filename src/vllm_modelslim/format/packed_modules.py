@@ -65,3 +65,24 @@ def packed_modules_for(
     mapping: dict[str, list[str]] = {k: list(v) for k, v in (model_mapping or {}).items()}
     mapping.update({k: list(v) for k, v in PACKED_MODULES_BY_MODEL_TYPE.get(model_type or "", {}).items()})
     return mapping
+
+
+_VLLM_PREFIX_FIXES: dict[str, tuple[tuple[str, str], ...]] = {
+    # vLLM 0.32's BertAttention builds BertSelfAttention with prefix "<layer>.attention.output"
+    # (the attribute, and the checkpoint, say "attention.self"), so its fused q/k/v layer is
+    # announced as "...attention.output.qkv_proj" next to the real "...attention.output.dense".
+    "bert": ((".attention.output.qkv_proj", ".attention.self.qkv_proj"),),
+}
+
+
+def checkpoint_layer_prefix(model_type: str | None, prefix: str) -> str:
+    """The layer prefix vLLM should have passed to the quant config for ``prefix`` (usually ``prefix``).
+
+    Undoes the known prefix slips of vLLM model classes (one per ``model_type``
+    in a small table), so that the description lookup sees the checkpoint's
+    layer name.
+    """
+    for wrong, right in _VLLM_PREFIX_FIXES.get(model_type or "", ()):
+        if prefix.endswith(wrong):
+            return prefix[: -len(wrong)] + right
+    return prefix

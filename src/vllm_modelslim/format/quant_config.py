@@ -42,7 +42,7 @@ from vllm_modelslim.format.kv_cache_c8 import (
     kv_channels_of,
 )
 from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
-from vllm_modelslim.format.packed_modules import packed_modules_for
+from vllm_modelslim.format.packed_modules import checkpoint_layer_prefix, packed_modules_for
 from vllm_modelslim.schemes import LayerContext, require_scheme_class
 from vllm_modelslim.schemes.attention import AttentionContext
 from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
@@ -195,6 +195,7 @@ class AscendModelSlimConfig(QuantizationConfig):
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
         """The method for ``layer``; raises a ModelSlimFormatError for bad descriptions."""
         if isinstance(layer, LinearBase):
+            prefix = checkpoint_layer_prefix(self.model_type, prefix)
             return self._linear_method(layer, prefix) or UnquantizedLinearMethod()
         if isinstance(layer, VocabParallelEmbedding):  # also ParallelLMHead
             self._reject_quantized(prefix, "a quantized embedding or lm_head", required=False)

@@ -53,7 +53,8 @@ class ReferenceModel:
 
     Args:
         model_dir: a ModelSlim output folder, or a plain Hugging Face checkpoint
-            (then nothing is quantized).
+            (then nothing is quantized). A causal LM, or an encoder (``AutoModel``,
+            e.g. BERT) when config.json names no ``*ForCausalLM`` architecture.
         dtype: compute dtype outside the quantized linears (float32 default).
         kv_consumer: compute W8A8_MIX layers as a decode (KV-consumer) instance does.
 
@@ -63,11 +64,12 @@ class ReferenceModel:
     """
 
     def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, kv_consumer: bool = False):
-        from transformers import AutoConfig, AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
         model_dir = Path(model_dir)
         config = AutoConfig.from_pretrained(str(model_dir))
-        self.model = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        causal = any(a.endswith("ForCausalLM") for a in (config.architectures or ["ForCausalLM"]))
+        self.model = (AutoModelForCausalLM if causal else AutoModel).from_config(config, dtype=dtype).eval()
         self.dtype = dtype
         tensors: dict[str, torch.Tensor] = {}
         for path in sorted(model_dir.glob("*.safetensors")):
@@ -75,13 +77,15 @@ class ReferenceModel:
         self.description = self._description(model_dir)
         self.kv_consumer = kv_consumer
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        self.kv_cache_quant = c8_layer_params(tensors, config.num_key_value_heads, head_dim)
+        kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+        self.kv_cache_quant = c8_layer_params(tensors, kv_heads, head_dim)
         self.expert_layers = self._replace_experts(tensors)
         self.quantized_layers = self._replace_quantized_linears(tensors)
         norm_biases = {k: tensors.pop(k) for k in list(tensors) if k.endswith("norm.bias")}
         remaining = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         missing, unexpected = self.model.load_state_dict(remaining, strict=False)
         missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+        unexpected = [k for k in unexpected if not k.endswith("position_ids")]  # a buffer old BERTs saved
         if missing or unexpected:
             raise ValueError(f"checkpoint/model mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
         self.biased_norms = self._add_norm_biases(norm_biases)
@@ -153,6 +157,12 @@ class ReferenceModel:
             else None
         )
         return self.model(input_ids=ids, past_key_values=cache).logits[0].float()
+
+    @torch.no_grad()
+    def last_hidden_state(self, token_ids: list[int]) -> torch.Tensor:
+        """Encoder output ``[T, hidden]`` (float32) for one sequence (encoder models such as BERT)."""
+        ids = torch.tensor([token_ids], dtype=torch.long)
+        return self.model(input_ids=ids).last_hidden_state[0].float()
 
     @torch.no_grad()
     def greedy(self, prompt_ids: list[int], max_new_tokens: int) -> GreedyResult:
