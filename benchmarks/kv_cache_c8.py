@@ -65,7 +65,7 @@ def measure(folder, storage: str | None, args) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--context", type=int, default=1920, help="prompt tokens before decoding (≤ 2048 − new)")
+    parser.add_argument("--context", type=int, default=1920, help="prompt tokens (≤ 2048 − new)")
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--kv-mib", type=int, default=64, help="KV-cache budget of every engine (MiB)")
     parser.add_argument("--repeats", type=int, default=3)
