@@ -88,3 +88,50 @@ def test_tensor_parallel_ranks_take_their_kv_heads():
     assert rank_kv_channels(torch.tensor([0.5]), 2, 3, 0, 1).tolist() == [[0.5] * 3] * 2
     with pytest.raises(ValueError, match="whole number of kv heads"):
         rank_kv_channels(torch.arange(10.0), 2, 3, 0, 1)
+
+
+class _RecordingImpl:
+    """A stand-in for a non-CPU vLLM attention impl: records what it is asked to write."""
+
+    def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping):
+        self.written = (key, value)
+
+
+class _Backend:
+    forward_includes_kv_cache_update = False
+
+    @staticmethod
+    def get_name() -> str:
+        return "FAKE_ATTN"
+
+
+def test_other_backends_store_the_round_tripped_values_in_the_model_dtype():
+    from types import SimpleNamespace
+
+    from vllm_modelslim.kernels.int8_kv_attention import ROUND_TRIP, enable_int8_kv_cache
+
+    (ks, ko), (vs, vo) = params(seed=3), params(seed=4)
+    kv = Int8KVCacheParams(KVChannelQuant(ks, ko, ko), KVChannelQuant(vs, vo, vo))
+    layer = SimpleNamespace(attn_backend=_Backend, impl=_RecordingImpl())
+    assert enable_int8_kv_cache(layer, kv, int8_storage=True) == ROUND_TRIP
+    key, value = torch.randn(5, 2, 4, dtype=torch.bfloat16), torch.randn(5, 2, 4, dtype=torch.bfloat16)
+    layer.impl.do_kv_cache_update(layer, key, value, None, None)
+    written_key, written_value = layer.impl.written
+    assert written_key.dtype == torch.bfloat16
+    assert torch.equal(written_key, kv.key.dequantize(kv.key.quantize(key), torch.bfloat16))
+    assert torch.equal(written_value, kv.value.dequantize(kv.value.quantize(value), torch.bfloat16))
+
+
+def test_backends_that_write_inside_forward_are_refused():
+    from types import SimpleNamespace
+
+    from vllm_modelslim.kernels.int8_kv_attention import enable_int8_kv_cache
+
+    class FusedWrite(_Backend):
+        forward_includes_kv_cache_update = True
+
+    scale, offset = params()
+    kv = Int8KVCacheParams(KVChannelQuant(scale, offset, offset), KVChannelQuant(scale, offset, offset))
+    layer = SimpleNamespace(attn_backend=FusedWrite, impl=_RecordingImpl())
+    with pytest.raises(NotImplementedError, match="FAKE_ATTN writes its KV cache inside forward"):
+        enable_int8_kv_cache(layer, kv, int8_storage=True)
