@@ -4,8 +4,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from vllm_modelslim.examples.handmade_checkpoints import read_safetensors
 from vllm_modelslim.examples.modelslim_writer import write_modelslim_checkpoint
 from vllm_modelslim.format import load_description
 
@@ -33,7 +34,7 @@ def float_checkpoint(tmp_path):
 def test_writer_follows_msmodelslim_layout(float_checkpoint, tmp_path, quant_type):
     source, original = float_checkpoint
     out = write_modelslim_checkpoint(source, tmp_path / "out", quant_type)
-    stored = load_file(str(out / "quant_model_weights.safetensors"))
+    stored = read_safetensors(out)
     description = load_description(out)
     assert (out / "HANDMADE.md").exists() and (out / "1_Pooling" / "config.json").exists()
     assert description.settings["version"] == "1.0.0"

@@ -38,6 +38,37 @@ from vllm_modelslim.kernels.int4_packing import pack_int4_to_int32, unpack_int4_
 HANDMADE_MARKER = "HANDMADE.md"
 
 Rewrite = Callable[[str, dict[str, torch.Tensor], dict[str, str]], None]
+WEIGHTS_FILE = "quant_model_weights-00001-of-00001.safetensors"
+
+
+def read_safetensors(folder: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of every ``*.safetensors`` file in ``folder``."""
+    tensors: dict[str, torch.Tensor] = {}
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors.update(load_file(str(path)))
+    return tensors
+
+
+def save_handmade_folder(
+    source: Path, target: Path, tensors: dict[str, torch.Tensor], description: dict, note: str
+) -> Path:
+    """Write ``target`` atomically: ``source``'s other files, ``tensors``, the description and a marker.
+
+    Everything but the weights (config, tokenizer, sub-folders) is copied from
+    ``source``; the folder is built as ``<target>.partial`` and renamed when
+    complete, with :data:`HANDMADE_MARKER` holding ``note``.
+    """
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(
+        source, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json", ".complete")
+    )
+    save_file(tensors, str(partial / WEIGHTS_FILE), metadata={"format": "pt"})
+    (partial / DESCRIPTION_FILE_NAME).write_text(json.dumps(description, indent=2))
+    (partial / HANDMADE_MARKER).write_text(note)
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
 
 
 def _rewrite(
@@ -46,28 +77,15 @@ def _rewrite(
     """Copy ``source`` to ``target`` and apply ``rewrite(prefix, tensors, entries)`` to each layer."""
     if (target / HANDMADE_MARKER).exists():
         return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(
-        source, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json", ".complete")
-    )
     description = load_description(source)
     entries = dict(description.entries)
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(source.glob("*.safetensors")):
-        tensors.update(load_file(str(path)))
+    tensors = read_safetensors(source)
     for prefix, layer_type in description.weight_entries():
         if layer_type == quant_type:
             rewrite(prefix, tensors, entries)
-    save_file(
-        tensors, str(partial / "quant_model_weights-00001-of-00001.safetensors"), metadata={"format": "pt"}
-    )
     raw = {**description.settings, **settings, **entries}
-    (partial / DESCRIPTION_FILE_NAME).write_text(json.dumps(raw, indent=2))
-    (partial / HANDMADE_MARKER).write_text(f"Hand-made from the tool-made checkpoint {source}.\n\n{note}\n")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+    marker = f"Hand-made from the tool-made checkpoint {source}.\n\n{note}\n"
+    return save_handmade_folder(source, target, tensors, raw, marker)
 
 
 def _drop(prefix: str, suffix: str, tensors: dict[str, torch.Tensor], entries: dict[str, str]) -> None:

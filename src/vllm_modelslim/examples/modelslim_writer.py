@@ -20,16 +20,16 @@ a ``HANDMADE.md`` note, so tests can say which checkpoints are hand-made.
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
-from vllm_modelslim.examples.handmade_checkpoints import HANDMADE_MARKER
-from vllm_modelslim.format.description import DESCRIPTION_FILE_NAME
+from vllm_modelslim.examples.handmade_checkpoints import (
+    HANDMADE_MARKER,
+    read_safetensors,
+    save_handmade_folder,
+)
 
 WRITABLE_TYPES = ("W8A8_DYNAMIC", "W8A16")
 _SKIPPED_NAMES = ("embed", "norm", "pooler", "lm_head")
@@ -75,12 +75,7 @@ def write_modelslim_checkpoint(
     source, target = Path(source), Path(target)
     if (target / HANDMADE_MARKER).exists():
         return target
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    shutil.copytree(source, partial, ignore=shutil.ignore_patterns("*.safetensors", "*.index.json"))
-    tensors: dict[str, torch.Tensor] = {}
-    for path in sorted(source.glob("*.safetensors")):
-        tensors.update(load_file(str(path)))
+    tensors = read_safetensors(source)
     out: dict[str, torch.Tensor] = {}
     entries: dict[str, str] = {}
     for name, tensor in tensors.items():
@@ -96,13 +91,9 @@ def write_modelslim_checkpoint(
             entries[f"{prefix}.{suffix}"] = quant_type
     if quant_type not in entries.values():
         raise ValueError(f"no linear weight selected in {source}")
-    save_file(out, str(partial / "quant_model_weights.safetensors"), metadata={"format": "pt"})
     description = {"version": "1.0.0", "model_quant_type": quant_type, "group_size": 0, **entries}
-    (partial / DESCRIPTION_FILE_NAME).write_text(json.dumps(description, indent=2))
-    (partial / HANDMADE_MARKER).write_text(
+    note = (
         f"Hand-made by vllm_modelslim.examples.modelslim_writer ({quant_type}, symmetric per-channel int8 "
         f"weights) from {source.name}; msmodelslim has no adapter for this model family.\n"
     )
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
-    return target
+    return save_handmade_folder(source, target, out, description, note)
