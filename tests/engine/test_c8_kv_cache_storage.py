@@ -59,3 +59,13 @@ def test_other_kv_cache_dtype_is_refused(quantized):
         finally:
             reset_after_failed_start()
     assert "model.layers.0.self_attn" in str(raised.value)
+
+
+def test_unknown_storage_option_is_refused(quantized):
+    from vllm_modelslim.examples.vllm_runner import reset_after_failed_start
+
+    with pytest.raises(ValueError, match="modelslim_kv_cache_storage='fp8': use 'int8' or 'model-dtype'"):
+        try:
+            make_llm(quantized("w8a8c8"), additional_config={"modelslim_kv_cache_storage": "fp8"})
+        finally:
+            reset_after_failed_start()

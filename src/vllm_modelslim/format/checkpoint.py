@@ -10,6 +10,7 @@ weight is read, and lets error messages name the file a tensor lives in.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,10 +52,7 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         """Bytes of the stored data (0 for a dtype torch does not know)."""
-        count = 1
-        for size in self.shape:
-            count *= size
-        return count * (self.dtype.itemsize if self.dtype is not None else 0)
+        return math.prod(self.shape) * (self.dtype.itemsize if self.dtype is not None else 0)
 
 
 class CheckpointIndex:

@@ -15,6 +15,8 @@ vLLM Ascend takes the C8 layers from the keys containing
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
@@ -141,7 +143,7 @@ def c8_tensor_errors(
                         layer=prefix,
                     )
                 )
-            elif not _channel_count_ok(info.shape, kv_channels):
+            elif not c8_size_ok(info.shape, kv_channels):
                 errors.append(
                     CheckpointTensorError(
                         f"C8 tensor {name!r} has shape {list(info.shape)}; expected one value per KV "
@@ -153,12 +155,11 @@ def c8_tensor_errors(
     return errors
 
 
-def _channel_count_ok(shape: tuple[int, ...], kv_channels: int | None) -> bool:
-    count = 1
-    for size in shape:
-        count *= size
+def c8_size_ok(shape: Sequence[int], kv_channels: int | None) -> bool:
+    """Whether a C8 tensor of ``shape`` holds one value or one per KV channel (``kv_channels``, None: any)."""
     if len([s for s in shape if s != 1]) > 1:
         return False
+    count = math.prod(shape)
     return count == 1 or kv_channels is None or count == kv_channels
 
 

@@ -36,6 +36,7 @@ from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription, load_description
 from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, UnknownQuantTypeError
 from vllm_modelslim.format.kv_cache_c8 import (
+    C8,
     CACHE_SCALE_RENAMES,
     c8_attention_prefixes,
     c8_tensor_errors,
@@ -287,7 +288,7 @@ class AscendModelSlimConfig(QuantizationConfig):
             kv_channels=self.kv_channels,
             int8_storage=self._int8_kv_storage(),
         )
-        return self._scheme_class_for("C8", "attention", checkpoint_prefix)(self, context)
+        return self._scheme_class_for(C8, "attention", checkpoint_prefix)(self, context)
 
     def _int8_kv_storage(self) -> bool:
         """Store C8 caches as int8: every layer is C8 (one cache layout) and the user did not opt out."""

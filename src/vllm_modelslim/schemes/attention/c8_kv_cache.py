@@ -29,7 +29,7 @@ from vllm.model_executor.layers.quantization.kv_cache import BaseKVCacheMethod
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.errors import CheckpointTensorError, UnknownQuantTypeError
-from vllm_modelslim.format.kv_cache_c8 import C8, C8_TENSORS, C8Tensor
+from vllm_modelslim.format.kv_cache_c8 import C8, C8_TENSORS, C8Tensor, c8_size_ok
 from vllm_modelslim.format.value_checks import check_value_rule
 from vllm_modelslim.kernels.int8_kv_attention import enable_int8_kv_cache
 from vllm_modelslim.kernels.kv_cache_int8 import Int8KVCacheParams, KVChannelQuant
@@ -121,7 +121,7 @@ class C8KVCacheMethod(BaseKVCacheMethod):
         channels = self.context.kv_channels
 
         def load(param: torch.nn.Parameter, loaded: torch.Tensor) -> None:
-            if loaded.numel() != 1 and channels is not None and loaded.numel() != channels:
+            if not c8_size_ok(loaded.shape, channels):
                 raise CheckpointTensorError(
                     f"{tensor.suffix} has {loaded.numel()} values; expected {channels} "
                     "(num_key_value_heads·head_dim) or 1",
