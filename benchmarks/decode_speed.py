@@ -85,10 +85,10 @@ def main() -> None:
     import torch
 
     from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
-    from vllm_modelslim.examples.tiny_qwen3 import cached_tiny_qwen3
+    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
     from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
 
-    model = cached_tiny_qwen3_moe(progress=print) if args.moe else cached_tiny_qwen3(progress=print)
+    model = cached_tiny_qwen3_moe(progress=print) if args.moe else demo_model_dir()
     if not args.recipes:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
         args.recipes = [name for name in fast if RECIPES[name].moe == args.moe and "asym" not in name]

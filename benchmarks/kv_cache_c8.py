@@ -72,9 +72,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from vllm_modelslim.examples.msmodelslim_runner import quantize
-    from vllm_modelslim.examples.tiny_qwen3 import cached_tiny_qwen3
+    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
 
-    model = cached_tiny_qwen3(progress=print)
+    model = demo_model_dir()
     c8, w8a8 = quantize(model, "w8a8c8", log=print), quantize(model, "w8a8_static", log=print)
     runs = {
         "C8 int8 cache": measure(c8, "int8", args),

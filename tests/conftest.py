@@ -21,9 +21,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 @pytest.fixture(scope="session")
 def demo_model() -> Path:
     """The trained tiny Qwen3 (bf16 Hugging Face checkpoint with tokenizer)."""
-    from vllm_modelslim.examples.tiny_qwen3 import cached_tiny_qwen3
+    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
 
-    return cached_tiny_qwen3(progress=print)
+    return demo_model_dir()
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,9 @@
-"""The main job: build the demo model, quantize it with msmodelslim, serve it through vLLM.
+"""The main job: quantize the trained demo model with msmodelslim, serve it through vLLM.
 
 ``vllm-modelslim demo`` runs the whole path on a fresh machine:
 
-1. build the tiny Qwen3 demo model and its tokenizer locally (cached);
+1. take the committed demo model (a ~5M-parameter Qwen3 trained on the
+   Python documentation, ``examples/demo_model``);
 2. quantize it with the real msmodelslim to W8A8_DYNAMIC, W8A8 (static),
    W8A16, W4A16 and W4A8_DYNAMIC (cached; msmodelslim gets its own virtualenv
    on first use; ``--recipes`` picks others, e.g. ``w4a4_flatquant``);
@@ -78,13 +79,12 @@ def run_demo(
     from transformers import AutoTokenizer
 
     from vllm_modelslim.examples.msmodelslim_runner import quantize
-    from vllm_modelslim.examples.tiny_qwen3 import cached_tiny_qwen3
+    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
     from vllm_modelslim.format.description import load_description
 
     console = console or Console()
     log = console.log
-    with console.status("[bold]Building the demo model (tokenizer + ~1.5 min of training, cached)"):
-        model_dir = cached_tiny_qwen3(progress=log)
+    model_dir = demo_model_dir()
     log(f"demo model: {model_dir}")
     checkpoints: list[tuple[str, Path]] = []
     for recipe in recipes:

@@ -4,6 +4,7 @@ import pytest
 import torch
 from ckpt_utils import relative_error, tensors
 
+from model_folders import layer_count
 from vllm_modelslim.format import load_description
 from vllm_modelslim.format.kv_cache_c8 import C8_TENSORS, c8_attention_prefixes
 from vllm_modelslim.kernels.kv_cache_int8 import dequantize_kv_int8, quantize_kv_int8
@@ -19,7 +20,7 @@ def test_c8_description_and_tensors(quantized, recipe):
     assert description.settings["kv_cache_type"] == "C8"
     assert description.settings["kv_quant_type"] == "C8"  # ERRATA 7: still written
     prefixes = c8_attention_prefixes(description)
-    assert prefixes == [f"model.layers.{i}.self_attn" for i in range(2)]
+    assert prefixes == [f"model.layers.{i}.self_attn" for i in range(layer_count(folder))]
     stored = tensors(folder)
     for prefix in prefixes:
         for tensor in C8_TENSORS:

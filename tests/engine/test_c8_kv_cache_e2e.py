@@ -33,6 +33,7 @@ from e2e_compare import (
     top1_agreement,
 )
 
+from model_folders import layer_count
 from vllm_modelslim.examples.vllm_runner import greedy_generate
 from vllm_modelslim.reference.model import ReferenceModel
 
@@ -70,9 +71,9 @@ def _model_dir(request, case: Case):
 
 
 def test_every_attention_layer_runs_the_c8_kv_cache(engine):
-    case, _, llm = engine
+    case, folder, llm = engine
     (table,) = llm.apply_model(describe_attention)
-    assert sorted(table) == [f"model.layers.{i}.self_attn.attn" for i in range(2)]
+    assert sorted(table) == [f"model.layers.{i}.self_attn.attn" for i in range(layer_count(folder))]
     int8 = case.kv_cache_storage != "model-dtype"
     for name, (method, impl, spec_dtype, cache_dtype) in table.items():
         assert method == "C8KVCacheMethod", name

@@ -37,6 +37,8 @@ from e2e_compare import (
     top1_agreement,
 )
 
+from model_folders import layer_count
+
 pytestmark = pytest.mark.engine
 
 CHECKPOINTS = [
@@ -94,9 +96,9 @@ def describe_moe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | No
 
 
 def test_every_moe_layer_runs_its_scheme(engine):
-    case, _, llm = engine
+    case, folder, llm = engine
     (table,) = llm.apply_model(describe_moe_layers)
-    assert sorted(table) == [f"model.layers.{i}.mlp.experts" for i in range(2)]
+    assert sorted(table) == [f"model.layers.{i}.mlp.experts" for i in range(layer_count(folder))]
     for name, (method, quant_type, consumer, experts) in table.items():
         assert method == "ModelSlimFusedMoEMethod", name
         assert quant_type == case.quant_type, name
@@ -108,7 +110,8 @@ def test_every_moe_layer_runs_its_scheme(engine):
 def test_greedy_tokens_match_reference(engine, prompts):
     case, folder, llm = engine
     reference = reference_for(folder, case.kv_consumer)
-    assert set(reference.expert_layers) == {f"model.layers.{i}.mlp.experts" for i in range(2)}
+    expected = {f"model.layers.{i}.mlp.experts" for i in range(layer_count(folder))}
+    assert set(reference.expert_layers) == expected
     compare_with_reference(llm, reference, prompts, case.dtype, case.quant_type, case.id)
 
 

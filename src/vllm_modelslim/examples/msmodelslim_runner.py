@@ -250,14 +250,15 @@ def config_text(recipe: QuantRecipe, dataset: Path) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
-def _model_key(model_dir: Path) -> str:
+def model_key(model_dir: Path) -> str:
+    """A short digest of every file of a model folder (names and contents).
+
+    It keys everything built from the folder (checkpoints, the MoE upcycle).
+    """
     digest = hashlib.sha256()
-    for name in sorted(p.name for p in model_dir.iterdir() if p.is_file()):
+    for name in sorted(p.name for p in Path(model_dir).iterdir() if p.is_file()):
         digest.update(name.encode())
-        digest.update(str((model_dir / name).stat().st_size).encode())
-    spec = model_dir / "tiny_qwen3_spec.json"
-    if spec.exists():
-        digest.update(spec.read_bytes())
+        digest.update(hashlib.sha256((Path(model_dir) / name).read_bytes()).digest())
     return digest.hexdigest()[:12]
 
 
@@ -297,7 +298,7 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
     config_digest = hashlib.sha256(
         resources.files("vllm_modelslim.examples").joinpath("configs").joinpath(recipe.config).read_bytes()
     ).hexdigest()[:8]
-    out = cache_dir() / "checkpoints" / f"{recipe.name}-{_model_key(model_dir)}-{config_digest}"
+    out = cache_dir() / "checkpoints" / f"{recipe.name}-{model_key(model_dir)}-{config_digest}"
     if (out / ".complete").exists() and not force:
         return out
     python = msmodelslim_python(recipe.transformers, log)

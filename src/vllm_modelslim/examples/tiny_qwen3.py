@@ -1,14 +1,18 @@
-"""Build the project's tiny Qwen3 demo model and its tokenizer, locally.
+"""The project's tiny Qwen3 demo model: its shape, its training, and where the trained copy lives.
 
-Nothing is downloaded: the tokenizer (byte-level BPE, 4096 tokens, trained with
-the ``tokenizers`` library) and the model are trained on English text taken from
-the docstrings of Python's own standard library, which every machine that runs
-this package has. A short training run (seconds to a minute and a half on two
-cores) makes the next-token distributions peaked, so greedy decoding is stable
-and the generations are recognisably English; the model is not meant to be
-good.
+The trained model is committed with the package (``examples/demo_model``:
+bf16 weights, tokenizer, ``training.json``), so the demo and the tests start
+from a model that writes readable English without training anything.
+``scripts/train_demo_model.py`` rebuilds it: a byte-level BPE tokenizer
+(4096 tokens, ``tokenizers``) and a ~5M-parameter Qwen3 (4 layers, hidden 256)
+trained from a fixed seed for about 12 minutes on two cores, on the Python
+documentation shipped by Debian's ``python3.11-doc`` package
+(:mod:`~vllm_modelslim.examples.demo_corpus`) plus the docstrings of
+:data:`CORPUS_MODULES`. The docstrings of :data:`HELD_OUT_MODULES` (and those
+modules' documentation pages) are never trained on: they are the held-out
+evaluation text, available on any machine with Python.
 
-The output folder is a normal Hugging Face checkpoint (``config.json``,
+The folder is a normal Hugging Face checkpoint (``config.json``,
 ``model.safetensors``, ``tokenizer.json`` and the slow-tokenizer files
 ``vocab.json``/``merges.txt`` that msmodelslim loads with ``use_fast=False``).
 """
@@ -18,8 +22,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import math
 import shutil
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -115,30 +121,31 @@ END_OF_TEXT = "<|endoftext|>"
 class TinyQwen3Spec:
     """Shape and training budget of the demo model.
 
-    The defaults give a ~3.4M-parameter Qwen3 (2 layers, hidden 256, 4 query
-    heads and 2 KV heads of dim 64) with a 4096-token vocabulary.
+    The defaults give a ~5.2M-parameter Qwen3 (4 layers, hidden 256, 4 query
+    heads and 2 KV heads of dim 64) with a 4096-token vocabulary, trained for
+    ``train_steps`` AdamW steps of ``train_batch`` × ``train_seq_len`` tokens
+    (learning rate warmed up linearly for ``warmup_steps``, then a cosine
+    decay to a tenth).
     """
 
     vocab_size: int = 4096
     hidden_size: int = 256
     intermediate_size: int = 768
-    num_hidden_layers: int = 2
+    num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     head_dim: int = 64
     max_position_embeddings: int = 2048
-    train_steps: int = 300
+    train_steps: int = 540
     train_batch: int = 16
-    train_seq_len: int = 128
-    learning_rate: float = 3e-3
+    train_seq_len: int = 256
+    learning_rate: float = 2e-3
+    warmup_steps: int = 30
     seed: int = 0
 
-    def cache_key(self) -> str:
-        """A short, stable string that changes whenever the spec changes."""
-        import hashlib
 
-        blob = json.dumps(asdict(self), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()[:12]
+DEMO_MODEL_DIR = Path(__file__).parent / "demo_model"
+"""The committed, trained demo model (rebuilt by ``scripts/train_demo_model.py``)."""
 
 
 def corpus_texts(min_chars: int = 40) -> list[str]:
@@ -203,18 +210,23 @@ def train_tokenizer(texts: list[str], vocab_size: int, out_dir: Path) -> None:
 
 def build_tiny_qwen3(
     out_dir: Path,
+    documents: list[str],
     spec: TinyQwen3Spec | None = None,
     progress: Callable[[str], None] | None = None,
-) -> Path:
-    """Build (tokenizer, train, save) the demo model into ``out_dir``.
+) -> dict[str, object]:
+    """Train the tokenizer and the model on ``documents`` and save them into ``out_dir``.
 
     Args:
-        out_dir: folder to create; it is replaced if it exists.
+        out_dir: folder to create; it is replaced if it exists (the new one is
+            written next to it and renamed when complete).
+        documents: training text, one string per document; an end-of-text
+            token separates documents in the token stream.
         spec: model shape and training budget (defaults: :class:`TinyQwen3Spec`).
         progress: optional callback receiving one-line status messages.
 
     Returns:
-        ``out_dir``, holding a bf16 Hugging Face checkpoint with tokenizer.
+        Training facts (token count, epochs, final mean loss, seconds), also
+        written to ``out_dir/training.json`` with the spec.
     """
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -225,9 +237,8 @@ def build_tiny_qwen3(
     shutil.rmtree(tmp_dir, ignore_errors=True)
     tmp_dir.mkdir(parents=True)
 
-    texts = corpus_texts()
-    say(f"training a {spec.vocab_size}-token BPE tokenizer on {len(texts)} docstrings")
-    train_tokenizer(texts, spec.vocab_size, tmp_dir)
+    say(f"training a {spec.vocab_size}-token BPE tokenizer on {len(documents)} documents")
+    train_tokenizer(documents, spec.vocab_size, tmp_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(tmp_dir))
     eos_id = tokenizer.convert_tokens_to_ids(END_OF_TEXT)
 
@@ -250,20 +261,41 @@ def build_tiny_qwen3(
     model = Qwen3ForCausalLM(config)
 
     ids: list[int] = []
-    for text in texts:
+    for text in documents:
         ids.extend(tokenizer(text)["input_ids"])
         ids.append(eos_id)
     stream = torch.tensor(ids, dtype=torch.long)
-    say(f"training the model for {spec.train_steps} steps on {len(ids)} tokens")
-    _train(model, stream, spec, say)
+    trained_tokens = spec.train_steps * spec.train_batch * spec.train_seq_len
+    say(
+        f"training the model for {spec.train_steps} steps on {len(ids)} tokens "
+        f"({trained_tokens / len(ids):.2f} epochs)"
+    )
+    start = time.perf_counter()
+    final_loss = _train(model, stream, spec, say)
+    facts: dict[str, object] = {
+        "corpus_tokens": len(ids),
+        "documents": len(documents),
+        "epochs": round(trained_tokens / len(ids), 3),
+        "final_mean_loss": round(final_loss, 4),
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "torch": torch.__version__,
+        "spec": asdict(spec),
+    }
 
     model = model.to(torch.bfloat16).eval()
     model.save_pretrained(str(tmp_dir), safe_serialization=True)
     _write_legacy_config_keys(tmp_dir / "config.json")
-    (tmp_dir / "tiny_qwen3_spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    (tmp_dir / "training.json").write_text(json.dumps(facts, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp_dir.rename(out_dir)
-    return out_dir
+    return facts
+
+
+def _learning_rate(step: int, spec: TinyQwen3Spec) -> float:
+    if step < spec.warmup_steps:
+        return spec.learning_rate * (step + 1) / spec.warmup_steps
+    progress = (step - spec.warmup_steps) / max(1, spec.train_steps - spec.warmup_steps)
+    return spec.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def _train(
@@ -271,21 +303,28 @@ def _train(
     stream: torch.Tensor,
     spec: TinyQwen3Spec,
     say: Callable[[str], None],
-) -> None:
+) -> float:
+    """AdamW on random windows of ``stream``; returns the mean loss of the last 20 steps."""
     generator = torch.Generator().manual_seed(spec.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=spec.learning_rate, weight_decay=0.01)
     model.train()
     span = spec.train_seq_len
+    recent: list[float] = []
     for step in range(spec.train_steps):
+        for group in optimizer.param_groups:
+            group["lr"] = _learning_rate(step, spec)
         starts = torch.randint(0, len(stream) - span - 1, (spec.train_batch,), generator=generator)
         batch = torch.stack([stream[s : s + span] for s in starts.tolist()])
         loss = model(input_ids=batch, labels=batch).loss
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % 50 == 0 or step + 1 == spec.train_steps:
-            say(f"  step {step + 1}/{spec.train_steps}  loss {loss.item():.3f}")
+        recent = (recent + [loss.item()])[-20:]
+        if (step + 1) % 20 == 0 or step + 1 == spec.train_steps:
+            say(f"  step {step + 1}/{spec.train_steps}  loss {sum(recent) / len(recent):.3f}")
     model.eval()
+    return sum(recent) / len(recent)
 
 
 def _write_legacy_config_keys(config_path: Path) -> None:
@@ -297,24 +336,19 @@ def _write_legacy_config_keys(config_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
 
 
-def cached_tiny_qwen3(
-    spec: TinyQwen3Spec | None = None, progress: Callable[[str], None] | None = None
-) -> Path:
-    """The demo model from the cache, built on first use (about a minute and a half).
+def demo_model_dir() -> Path:
+    """The committed, trained demo model (:data:`DEMO_MODEL_DIR`).
 
-    The cache key covers the spec and the Python version (the training text
-    comes from the standard library's docstrings).
+    Raises:
+        FileNotFoundError: the folder or its weights are missing (a source
+            tree without them): rebuild with ``python scripts/train_demo_model.py``.
     """
-    from vllm_modelslim.examples.msmodelslim_runner import cache_dir
-
-    spec = spec or TinyQwen3Spec()
-    version = f"py{sys.version_info.major}{sys.version_info.minor}"
-    folder = cache_dir() / "models" / f"tiny-qwen3-{spec.cache_key()}-{version}"
-    if not (folder / "config.json").exists():
-        say = progress or (lambda _msg: None)
-        say(f"building the demo model into {folder}")
-        build_tiny_qwen3(folder, spec, progress)
-    return folder
+    if not (DEMO_MODEL_DIR / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{DEMO_MODEL_DIR}: the trained demo model is missing; rebuild it with "
+            "`python scripts/train_demo_model.py`"
+        )
+    return DEMO_MODEL_DIR
 
 
 HELD_OUT_MODULES: tuple[str, ...] = (

@@ -126,7 +126,7 @@ def build_tiny_qwen3_moe(dense_dir: Path, out_dir: Path, spec: TinyQwen3MoeSpec 
     save_file(tensors, str(partial / "model.safetensors"), metadata={"format": "pt"})
     (partial / "config.json").write_text(json.dumps(config_dict, indent=2, sort_keys=True))
     for path in dense_dir.iterdir():
-        if path.is_file() and path.name not in ("config.json", "model.safetensors", "tiny_qwen3_spec.json"):
+        if path.is_file() and path.name not in ("config.json", "model.safetensors", "training.json"):
             shutil.copy(path, partial / path.name)
     (partial / "tiny_qwen3_moe_spec.json").write_text(json.dumps(asdict(spec), indent=2))
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -137,13 +137,13 @@ def build_tiny_qwen3_moe(dense_dir: Path, out_dir: Path, spec: TinyQwen3MoeSpec 
 def cached_tiny_qwen3_moe(
     spec: TinyQwen3MoeSpec | None = None, progress: Callable[[str], None] | None = None
 ) -> Path:
-    """The tiny Qwen3-MoE from the cache, built from the (cached) dense demo model on first use."""
-    from vllm_modelslim.examples.msmodelslim_runner import cache_dir
-    from vllm_modelslim.examples.tiny_qwen3 import cached_tiny_qwen3
+    """The tiny Qwen3-MoE from the cache, upcycled from the committed dense demo model on first use."""
+    from vllm_modelslim.examples.msmodelslim_runner import cache_dir, model_key
+    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
 
     spec = spec or TinyQwen3MoeSpec()
-    dense = cached_tiny_qwen3(progress=progress)
-    folder = cache_dir() / "models" / f"tiny-qwen3-moe-{spec.cache_key()}-{dense.name}"
+    dense = demo_model_dir()
+    folder = cache_dir() / "models" / f"tiny-qwen3-moe-{spec.cache_key()}-{model_key(dense)}"
     if not (folder / "config.json").exists():
         if progress:
             progress(f"upcycling the demo model into a {spec.num_experts}-expert MoE at {folder}")
