@@ -25,9 +25,9 @@ from rich.table import Table
 
 DEFAULT_RECIPES = ("w8a8_dynamic", "w8a8_static", "w8a16", "w4a16", "w4a8_dynamic")
 DEFAULT_PROMPTS = (
-    "Return the number of",
-    "The file object",
-    "Create a new socket",
+    "The list data type has",
+    "A dictionary is",
+    "To open a file for reading,",
     "If the path is",
 )
 
