@@ -32,8 +32,9 @@ from pathlib import Path
 
 import torch
 
-# Standard-library modules whose docstrings form the training text. A fixed,
-# ordered list keeps the corpus the same from run to run on one Python version.
+# Standard-library modules whose docstrings are part of the training text and
+# are the msmodelslim calibration text. A fixed, ordered list keeps the corpus
+# the same from run to run on one Python version.
 CORPUS_MODULES: tuple[str, ...] = (
     "os",
     "re",
@@ -357,7 +358,7 @@ HELD_OUT_MODULES: tuple[str, ...] = (
     "tokenize", "stat", "quopri", "graphlib", "zipimport", "compileall", "pkgutil",
     "runpy", "site", "sysconfig", "traceback", "warnings", "webbrowser",
 )  # fmt: skip
-"""Modules whose docstrings the demo model never trained on (evaluation text)."""
+"""Modules whose docstrings and documentation pages the demo model never trained on (evaluation text)."""
 
 
 def held_out_texts(count: int = 8, min_chars: int = 150) -> list[str]:
