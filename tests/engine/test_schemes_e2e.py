@@ -40,6 +40,8 @@ from e2e_compare import (
     top1_agreement,
 )
 
+from model_folders import layer_count
+
 pytestmark = pytest.mark.engine
 
 
@@ -97,10 +99,10 @@ def describe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | None, 
 
 
 def test_every_linear_layer_runs_its_scheme(engine):
-    case, _, llm = engine
+    case, folder, llm = engine
     (table,) = llm.apply_model(describe_layers)
     quantized = {name: entry for name, entry in table.items() if not name.endswith("lm_head")}
-    assert len(quantized) == 2 * 4  # qkv, o, gate_up, down per layer
+    assert len(quantized) == layer_count(folder) * 4  # qkv, o, gate_up, down per layer
     for name, (method, quant_type, consumer) in quantized.items():
         assert method == "ModelSlimLinearMethod", name
         assert quant_type == case.quant_type, name
