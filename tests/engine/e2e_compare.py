@@ -1,7 +1,8 @@
 """Comparison of a vLLM engine's generations with the pure-torch reference (shared by the e2e tests).
 
 See ``test_schemes_e2e.py`` for the rules: identical float32 greedy tokens with
-tight log-probability bounds, teacher-forced bf16 bounds, and a per-scheme floor
+tight log-probability bounds (with activation quantization, one sequence may
+branch at a near-tie of the reference), teacher-forced bf16 bounds, and a per-scheme floor
 on top-1 agreement with the unquantized model.
 """
 
@@ -18,6 +19,12 @@ from vllm_modelslim.examples.vllm_runner import close_llm, greedy_generate, make
 from vllm_modelslim.reference.model import ReferenceModel
 
 NEW_TOKENS = 32
+# fp32 engines with activation quantization: per-token rounding turns fp32 noise into
+# occasional logprob differences of up to ~1e-2; where the reference's top two tokens are
+# closer than that, the greedy step may go either way (seen once: a margin of 3.6e-4 in the
+# 4-layer W4A8 per-group MoE). At most one such sequence per case; weight-only: none.
+NEAR_TIE_NATS = 1e-2
+MAX_NEAR_TIES = 1
 PROMPT_TOKENS = 12
 WEIGHT_ONLY = {"W8A16", "W4A16"}
 INT4_ACTIVATIONS = {"W4A4_DYNAMIC", "W4A4_FLATQUANT_DYNAMIC"}
@@ -116,12 +123,26 @@ def compare_with_reference(llm, reference: ReferenceModel, prompts, dtype: str, 
     identical = 0
     gaps: list[float] = []
     diffs: list[float] = []
+    near_ties = 0
     for gen in generations:
         ref = reference.greedy(gen.prompt_ids, NEW_TOKENS)
         identical += gen.token_ids == ref.token_ids
         if dtype == "float32":
-            assert gen.token_ids == ref.token_ids
-            diffs += [abs(a - b) for a, b in zip(gen.logprobs, ref.logprobs, strict=True)]
+            if gen.token_ids == ref.token_ids:
+                diffs += [abs(a - b) for a, b in zip(gen.logprobs, ref.logprobs, strict=True)]
+                continue
+            # Activation quantization only: a greedy step may go the other way where the
+            # reference's two best tokens are within the fp32 rounding noise of each other.
+            pairs = zip(gen.token_ids, ref.token_ids, strict=True)
+            step = next(i for i, (a, b) in enumerate(pairs) if a != b)
+            prefix = gen.prompt_ids + gen.token_ids[:step]
+            next_logprobs = reference.token_logprobs(prefix + [0])[len(prefix) - 1]
+            margin = float(next_logprobs[ref.token_ids[step]] - next_logprobs[gen.token_ids[step]])
+            print(f"\n{label}: greedy step {step} differs, reference margin {margin:.2e} nats")
+            assert quant_type not in WEIGHT_ONLY and margin <= NEAR_TIE_NATS, (step, margin)
+            near_ties += 1
+            diffs += [abs(a - b) for a, b in zip(gen.logprobs[:step], ref.logprobs[:step], strict=True)]
+            diffs.append(abs(gen.logprobs[step] - float(next_logprobs[gen.token_ids[step]])))
             continue
         # bf16: teacher-force vLLM's sequence through the reference.
         logprobs = reference.token_logprobs(gen.prompt_ids + gen.token_ids)[len(gen.prompt_ids) - 1 :]
@@ -136,6 +157,7 @@ def compare_with_reference(llm, reference: ReferenceModel, prompts, dtype: str, 
         f"mean {g.mean():.3f} max {g.max():.3f}"
     )
     if dtype == "float32":
+        assert near_ties <= MAX_NEAR_TIES
         if quant_type in WEIGHT_ONLY:
             assert float(d.max()) <= 1e-4
         else:
