@@ -16,7 +16,7 @@ mode, on the demo model:
 For each it prints the cache capacity in tokens (vLLM's block count × block
 size) and decode tokens/s at batch 1 and 4 after a ``--context``-token prompt
 (``(t(1 + T) − t(1)) / T`` with ``ignore_eos``), each as a ratio to the W8A8
-bf16-cache engine measured in the same run. The demo model is tiny (2 layers,
+bf16-cache engine measured in the same run. The demo model is tiny (4 layers,
 2 KV heads of 64), so attention is a small share of a decode step; the
 capacity ratio is what transfers to large models.
 """
