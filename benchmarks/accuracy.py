@@ -34,24 +34,22 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=16, help="held-out texts")
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
-
     from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
     from vllm_modelslim.examples.perplexity import (
+        held_out_sequences,
         perplexity,
         perplexity_target,
         score_with_vllm,
         top1_agreement,
     )
-    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir, held_out_texts
+    from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
     from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
 
     model = cached_tiny_qwen3_moe(progress=print) if args.moe else demo_model_dir()
     if not args.recipes:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
         args.recipes = [name for name in fast if RECIPES[name].moe == args.moe]
-    tokenizer = AutoTokenizer.from_pretrained(str(model))
-    sequences = [tokenizer(text)["input_ids"][: args.tokens] for text in held_out_texts(args.texts)]
+    sequences = held_out_sequences(model, args.texts, args.tokens)
     positions = sum(len(s) - 1 for s in sequences)
 
     baseline = score_with_vllm(model, None, sequences)

@@ -14,7 +14,6 @@ few prompts.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import tempfile
 from pathlib import Path
@@ -55,14 +54,8 @@ def main() -> None:
         deb_digest = sha256_of(deb)
     print(f"{len(documents)} documents, {sum(map(len, documents)) / 1e6:.2f} M characters from {deb.name}")
     spec = TinyQwen3Spec(train_steps=args.steps)
-    facts = build_tiny_qwen3(args.out, documents, spec, progress=print)
-
-    corpus_digest = hashlib.sha256("\x00".join(documents).encode()).hexdigest()
-    training = json.loads((args.out / "training.json").read_text())
-    training.update(
-        {"doc_package": deb.name, "doc_package_sha256": deb_digest, "corpus_sha256": corpus_digest}
-    )
-    (args.out / "training.json").write_text(json.dumps(training, indent=2, sort_keys=True) + "\n")
+    provenance = {"doc_package": deb.name, "doc_package_sha256": deb_digest}
+    facts = build_tiny_qwen3(args.out, documents, spec, progress=print, provenance=provenance)
     print(json.dumps(facts, indent=2))
 
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -136,7 +136,7 @@ def compare_with_reference(llm, reference: ReferenceModel, prompts, dtype: str, 
             pairs = zip(gen.token_ids, ref.token_ids, strict=True)
             step = next(i for i, (a, b) in enumerate(pairs) if a != b)
             prefix = gen.prompt_ids + gen.token_ids[:step]
-            next_logprobs = reference.token_logprobs(prefix + [0])[len(prefix) - 1]
+            next_logprobs = torch.log_softmax(reference.logits(prefix)[-1].double(), dim=-1)
             margin = float(next_logprobs[ref.token_ids[step]] - next_logprobs[gen.token_ids[step]])
             print(f"\n{label}: greedy step {step} differs, reference margin {margin:.2e} nats")
             assert quant_type not in WEIGHT_ONLY and margin <= NEAR_TIE_NATS, (step, margin)

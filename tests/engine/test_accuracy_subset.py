@@ -10,15 +10,14 @@ trained model (~130 with the committed model; a random or broken one scores in t
 from __future__ import annotations
 
 import pytest
-from transformers import AutoTokenizer
 
 from vllm_modelslim.examples.perplexity import (
+    held_out_sequences,
     perplexity,
     perplexity_target,
     score_with_vllm,
     top1_agreement,
 )
-from vllm_modelslim.examples.tiny_qwen3 import held_out_texts
 
 pytestmark = pytest.mark.engine
 
@@ -29,8 +28,7 @@ TOP1_FLOOR = {"W8": 0.9, "W4": 0.85}
 
 @pytest.fixture(scope="module")
 def sequences(demo_model) -> list[list[int]]:
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_model))
-    return [tokenizer(text)["input_ids"][:128] for text in held_out_texts(12)]
+    return held_out_sequences(demo_model, 12, 128)
 
 
 @pytest.fixture(scope="module")

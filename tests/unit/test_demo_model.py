@@ -5,6 +5,7 @@ import math
 import re
 from dataclasses import asdict
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -12,6 +13,16 @@ from vllm_modelslim.examples.tiny_qwen3 import TinyQwen3Spec, corpus_texts, demo
 
 MAX_BYTES = 25 * 1024 * 1024
 MAX_TRAIN_SECONDS = 15 * 60
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(demo_model_dir()))
+
+
+@pytest.fixture(scope="module")
+def model():
+    return AutoModelForCausalLM.from_pretrained(str(demo_model_dir()), dtype=torch.float32)
 
 
 def test_weights_and_tokenizer_fit_the_size_budget():
@@ -36,12 +47,10 @@ def test_the_committed_model_was_trained_with_the_code_s_spec_and_budget():
     )
 
 
-def test_greedy_continuations_are_made_of_english_words():
+def test_greedy_continuations_are_made_of_english_words(tokenizer, model):
     # Words of the continuations must be words of the standard library's docstrings
     # (an untrained model of the same shape, with this tokenizer: 70-74 %).
     vocabulary = {w.lower() for text in corpus_texts() for w in re.findall(r"[A-Za-z]+", text)}
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_model_dir()))
-    model = AutoModelForCausalLM.from_pretrained(str(demo_model_dir()), dtype=torch.float32)
     words = []
     for prompt in ("The list data type has", "A dictionary is", "If the file does not exist,"):
         ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
@@ -52,11 +61,9 @@ def test_greedy_continuations_are_made_of_english_words():
     assert known >= 0.9, words
 
 
-def test_held_out_perplexity_is_that_of_a_trained_model():
+def test_held_out_perplexity_is_that_of_a_trained_model(tokenizer, model):
     # 4096-token vocabulary: an untrained model scores ~4000, the previous 2-layer demo model
     # (300 steps on docstrings) ~580, the committed model ~130.
-    tokenizer = AutoTokenizer.from_pretrained(str(demo_model_dir()))
-    model = AutoModelForCausalLM.from_pretrained(str(demo_model_dir()), dtype=torch.float32)
     total_nll, positions = 0.0, 0
     with torch.no_grad():
         for text in held_out_texts(12):

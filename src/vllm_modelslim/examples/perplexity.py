@@ -30,6 +30,19 @@ def perplexity_target(recipe: str) -> float | None:
     return None
 
 
+def held_out_sequences(model_dir: Path, count: int, tokens: int) -> list[list[int]]:
+    """Token ids of the first ``count`` held-out texts, at most ``tokens`` each (``model_dir``'s tokenizer).
+
+    The texts are :func:`~vllm_modelslim.examples.tiny_qwen3.held_out_texts`.
+    """
+    from transformers import AutoTokenizer
+
+    from vllm_modelslim.examples.tiny_qwen3 import held_out_texts
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    return [tokenizer(text)["input_ids"][:tokens] for text in held_out_texts(count)]
+
+
 def score_with_vllm(folder: Path, quantization: str | None, sequences: list[list[int]]) -> Scores:
     """Start an engine for ``folder`` (bf16), score ``sequences`` teacher-forced, close the engine."""
     from vllm_modelslim.examples.vllm_runner import close_llm, make_llm, prompt_scores

@@ -19,6 +19,7 @@ The folder is a normal Hugging Face checkpoint (``config.json``,
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 import json
@@ -214,6 +215,7 @@ def build_tiny_qwen3(
     documents: list[str],
     spec: TinyQwen3Spec | None = None,
     progress: Callable[[str], None] | None = None,
+    provenance: dict[str, str] | None = None,
 ) -> dict[str, object]:
     """Train the tokenizer and the model on ``documents`` and save them into ``out_dir``.
 
@@ -224,10 +226,13 @@ def build_tiny_qwen3(
             token separates documents in the token stream.
         spec: model shape and training budget (defaults: :class:`TinyQwen3Spec`).
         progress: optional callback receiving one-line status messages.
+        provenance: where ``documents`` came from (e.g. the source archive's
+            name and SHA-256), recorded as given.
 
     Returns:
-        Training facts (token count, epochs, final mean loss, seconds), also
-        written to ``out_dir/training.json`` with the spec.
+        Training facts (token count, epochs, final mean loss, seconds, the
+        SHA-256 of the documents), also written to ``out_dir/training.json``
+        with the spec and ``provenance``.
     """
     from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
 
@@ -274,6 +279,8 @@ def build_tiny_qwen3(
     start = time.perf_counter()
     final_loss = _train(model, stream, spec, say)
     facts: dict[str, object] = {
+        **(provenance or {}),
+        "corpus_sha256": hashlib.sha256("\x00".join(documents).encode()).hexdigest(),
         "corpus_tokens": len(ids),
         "documents": len(documents),
         "epochs": round(trained_tokens / len(ids), 3),
