@@ -132,3 +132,11 @@ def test_a_file_that_is_not_a_debian_archive_is_refused(tmp_path):
     path.write_bytes(b"PK\x03\x04 not an ar archive")
     with pytest.raises(ValueError, match="not a Debian archive"):
         read_deb_sources(path)
+
+
+def test_a_failed_package_download_names_the_package_and_folder(tmp_path, monkeypatch):
+    from vllm_modelslim.examples.demo_corpus import download_doc_package
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no apt-get
+    with pytest.raises(RuntimeError, match=rf"apt-get download python3.11-doc failed in {tmp_path}"):
+        download_doc_package(tmp_path)

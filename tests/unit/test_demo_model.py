@@ -71,3 +71,11 @@ def test_held_out_perplexity_is_that_of_a_trained_model(tokenizer, model):
             total_nll += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
             positions += ids.shape[1] - 1
     assert math.exp(total_nll / positions) < 200
+
+
+def test_a_missing_demo_model_says_how_to_rebuild_it(tmp_path, monkeypatch):
+    from vllm_modelslim.examples import tiny_qwen3
+
+    monkeypatch.setattr(tiny_qwen3, "DEMO_MODEL_DIR", tmp_path / "demo_model")
+    with pytest.raises(FileNotFoundError, match=r"demo_model: .*scripts/train_demo_model.py"):
+        tiny_qwen3.demo_model_dir()
