@@ -8,20 +8,34 @@ scales and zero points are rounded to the activation dtype (bf16: 8 bits), an
 error of the same order as bf16 activations. The op needs N % 16 == 0 and a
 group size of 32, 64, 128 or 256 (measured on torch 2.13 CPU). Measured at
 K = N = 4096, g = 128, 2 threads: see ``benchmarks/kernels.py``.
+
+Like the bf16 ``matmul`` on a CPU without native bf16, the op's cost grows
+fast with M (156 ms at M = 256, against 43 ms for a float32 ``matmul``), so
+from :data:`MANY_ROWS_FROM` rows on the kernel dequantizes the packed weight
+block by block to float32 (with the float32 scales) and runs a float32 GEMM.
+That reads torch's packed layout, measured on torch 2.13: blocks of 64 output
+channels, each ``[K, 32]`` bytes whose low nibble is channel ``j`` and high
+nibble channel ``j + 32`` of the block. The layout is checked against the
+weight at load; if it differs (another torch), only the op is used.
 """
 
 from __future__ import annotations
 
 import torch
 
+from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
+from vllm_modelslim.kernels.row_dispatch import RowDispatchMixin
 from vllm_modelslim.kernels.weight_only_int4.base import WeightOnlyInt4Config, WeightOnlyInt4Kernel
 
 _GROUP_SIZES = (32, 64, 128, 256)
 _N_MULTIPLE = 16
+_PACK_BLOCK = 64
+MANY_ROWS_FROM = 32
+"""From this many activation rows on, the float32 GEMM path runs (measured crossover)."""
 
 
-class CpuInt4PackWeightOnlyInt4(WeightOnlyInt4Kernel):
-    """``aten._weight_int4pack_mm_for_cpu`` kernel (CPU)."""
+class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
+    """``aten._weight_int4pack_mm_for_cpu`` (few rows) / float32 GEMM (many rows) kernel (CPU)."""
 
     name = "cpu_int4pack"
 
@@ -56,9 +70,34 @@ class CpuInt4PackWeightOnlyInt4(WeightOnlyInt4Kernel):
         self.register_buffer(
             "scale_and_zeros", scale_and_zeros.to(config.act_dtype).contiguous(), persistent=False
         )
+        if config.out_features % _PACK_BLOCK == 0 and torch.equal(self._unpacked_t(slice(None)).T, unsigned):
+            self.many_rows_from = MANY_ROWS_FROM
+            self.register_row_dispatch()
 
-    def forward(self, x, bias):  # noqa: D102
+    def _unpacked_t(self, cols: slice) -> torch.Tensor:
+        """Unsigned nibbles ``u = q + 8`` of output channels ``cols`` as uint8 ``[K, len(cols)]``."""
+        k = self.config.in_features
+        blocks = self.weight.view(-1, k, _PACK_BLOCK // 2)[
+            (cols.start or 0) // _PACK_BLOCK : (cols.stop or self.config.out_features) // _PACK_BLOCK
+        ]
+        nibbles = torch.cat((blocks & 15, blocks >> 4), dim=-1)  # [blocks, K, 64]
+        return nibbles.permute(1, 0, 2).reshape(k, -1)
+
+    def _dequantized_t(self, cols: slice) -> torch.Tensor:
+        """``Wᵀ[:, cols] = ((u − 8 − z)·s)ᵀ`` as float32 ``[K, len(cols)]``."""
+        scale = self.weight_scale[cols].T.unsqueeze(1)  # [G, 1, n]
+        shift = 8.0 if self.zero_point is None else 8.0 + self.zero_point[cols].T.unsqueeze(1)
+        u = self._unpacked_t(cols).to(torch.float32)
+        return ((u.unflatten(0, (-1, self.config.group_size)) - shift) * scale).flatten(0, 1)
+
+    def forward_few_rows(self, x, bias):  # noqa: D102
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.contiguous(), self.weight, self.config.group_size, self.scale_and_zeros
         )
         return y if bias is None else y + bias.to(y.dtype)
+
+    def forward_many_rows(self, x, bias):  # noqa: D102
+        y = float32_gemm_by_blocks(x, self._dequantized_t, self.config.out_features)
+        if bias is not None:
+            y = y + bias.to(torch.float32)
+        return y.to(x.dtype)

@@ -1,4 +1,4 @@
-"""CPU weight-only int8 kernel on ``aten._weight_int8pack_mm`` (bf16/fp16 activations).
+"""CPU weight-only int8 kernel: ``aten._weight_int8pack_mm`` for few rows, float32 GEMM for many.
 
 ``_weight_int8pack_mm(x, w_q, ones)`` returns ``x·w_qᵀ`` rounded to the
 activation dtype; the per-channel scale, the zero-point correction
@@ -9,6 +9,12 @@ multiple of 16 on the CPU build we use, so K is zero-padded to that at load.
 Measured with K = N = 4096 on 2 cores: 0.75 ms at M = 1 against 2.3 ms for a
 bf16 ``matmul`` (``benchmarks/kernels.py``); with fp32 activations the op is
 several times slower than a float ``matmul``, hence bf16/fp16 only.
+
+Without native bf16 arithmetic the op's cost grows with M like a bf16
+``matmul`` (130 ms at M = 256, against 43 ms for float32), so from
+:data:`MANY_ROWS_FROM` rows on the kernel converts the int8 weight to float32
+(exact) in blocks of output channels and runs a float32 GEMM: the same
+epilogue, a more precise accumulator, no float copy kept between calls.
 """
 
 from __future__ import annotations
@@ -16,15 +22,20 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
+from vllm_modelslim.kernels.row_dispatch import RowDispatchMixin
 from vllm_modelslim.kernels.weight_only_int8.base import WeightOnlyInt8Config, WeightOnlyInt8Kernel
 
 _K_MULTIPLE = 16
+MANY_ROWS_FROM = 32
+"""From this many activation rows on, the float32 GEMM path runs (measured crossover)."""
 
 
-class Int8PackWeightOnlyInt8(WeightOnlyInt8Kernel):
-    """``aten._weight_int8pack_mm`` kernel (CPU, bf16/fp16 activations)."""
+class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyInt8Kernel):
+    """``aten._weight_int8pack_mm`` (few rows) / float32 GEMM (many rows) kernel (CPU, bf16/fp16 x)."""
 
     name = "cpu_int8pack"
+    many_rows_from = MANY_ROWS_FROM
 
     @classmethod
     def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
@@ -48,11 +59,21 @@ class Int8PackWeightOnlyInt8(WeightOnlyInt8Kernel):
         self.register_buffer(
             "unit_scale", torch.ones(weight.shape[0], dtype=config.act_dtype), persistent=False
         )
+        self.register_row_dispatch()
 
-    def forward(self, x, bias):  # noqa: D102
+    def forward_few_rows(self, x, bias):  # noqa: D102
         x_padded = F.pad(x, (0, self.k_pad)) if self.k_pad else x
         acc = torch.ops.aten._weight_int8pack_mm(x_padded.contiguous(), self.weight, self.unit_scale)
-        y = acc.to(torch.float32)
+        return self._epilogue(acc.to(torch.float32), x, bias)
+
+    def forward_many_rows(self, x, bias):  # noqa: D102
+        k = self.config.in_features
+        acc = float32_gemm_by_blocks(
+            x, lambda cols: self.weight[cols, :k].T.to(torch.float32), self.config.out_features
+        )
+        return self._epilogue(acc, x, bias)
+
+    def _epilogue(self, y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if self.zero_point is not None:
             y = y - x.to(torch.float32).sum(dim=-1, keepdim=True) * self.zero_point
         y = y * self.weight_scale

@@ -1,0 +1,113 @@
+"""Row-count dispatch of the CPU weight-only kernels: both paths, the block GEMM, and torch.compile without guards."""
+
+import pytest
+import torch
+
+from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
+from vllm_modelslim.kernels.weight_only_int4 import (
+    CpuInt4PackWeightOnlyInt4,
+    dequantize_int4_weight,
+    make_weight_only_int4,
+    weight_only_int4_reference,
+)
+from vllm_modelslim.kernels.weight_only_int8 import Int8PackWeightOnlyInt8, make_weight_only_int8
+
+needs_int4pack = pytest.mark.skipif(
+    not CpuInt4PackWeightOnlyInt4.is_supported("cpu")[0], reason="no CPU int4pack op in this torch"
+)
+needs_int8pack = pytest.mark.skipif(
+    not Int8PackWeightOnlyInt8.is_supported("cpu")[0], reason="no CPU int8pack op in this torch"
+)
+
+
+def test_block_gemm_equals_one_gemm():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 48, generator=g, dtype=torch.bfloat16)
+    w = torch.randn(200, 48, generator=g)
+    got = float32_gemm_by_blocks(x, lambda cols: w[cols].T, 200, block=64)
+    torch.testing.assert_close(got, x.float() @ w.T, rtol=1e-6, atol=1e-5)
+    assert got.dtype == torch.float32 and got.shape == (5, 200)
+
+
+@needs_int4pack
+@pytest.mark.parametrize("n", [64, 192, 1024])
+def test_int4pack_layout_is_read_back_exactly(n):
+    g = torch.Generator().manual_seed(n)
+    q = torch.randint(-8, 8, (n, 256), dtype=torch.int8, generator=g)
+    scale = torch.rand(n, 2, generator=g) + 0.5
+    zp = torch.randint(-3, 4, (n, 2), generator=g).float()
+    kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16)
+    assert kernel.many_rows_from > 0
+    assert torch.equal(kernel._unpacked_t(slice(None)).T.to(torch.int8) - 8, q)
+    # Block by block (512 output channels), as the GEMM reads it.
+    cols = slice(512, 1024) if n == 1024 else slice(0, 64)
+    torch.testing.assert_close(kernel._dequantized_t(cols).T, dequantize_int4_weight(q, scale, zp)[cols].float())
+
+
+@needs_int4pack
+def test_int4pack_unknown_block_layout_keeps_the_op():
+    q = torch.zeros(80, 64, dtype=torch.int8)  # N % 64 != 0: layout not read, op for every M
+    kernel = make_weight_only_int4(q, torch.ones(80, 2), None, torch.bfloat16)
+    assert kernel.many_rows_from == 0
+
+
+@needs_int4pack
+def test_int4_many_rows_with_several_blocks_matches_reference():
+    g = torch.Generator().manual_seed(1)
+    n, k, group = 1088, 256, 64  # three GEMM blocks, the last one partial
+    q = torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g)
+    scale = torch.rand(n, k // group, generator=g) * 0.05 + 1e-3
+    zp = torch.randint(-4, 4, (n, k // group), generator=g).float()
+    x = torch.randn(40, k, generator=g).to(torch.bfloat16)
+    bias = torch.randn(n, generator=g).to(torch.bfloat16)
+    kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16)
+    got = kernel(x, bias)
+    want = weight_only_int4_reference(x, q, scale, zp, bias, torch.float64)
+    magnitude = x.double().abs() @ dequantize_int4_weight(q, scale, zp).abs().T
+    # float32 accumulation, one bf16 rounding of the output
+    bound = 2 * torch.finfo(torch.bfloat16).eps * (magnitude + want.abs())
+    assert bool(((got.double() - want).abs() <= bound).all())
+
+
+class _PathRecorder:
+    """Wraps a kernel's two paths to record which one ran."""
+
+    def __init__(self, kernel):
+        self.paths: list[str] = []
+        few, many = kernel.forward_few_rows, kernel.forward_many_rows
+        kernel.forward_few_rows = lambda x, b: (self.paths.append("few"), few(x, b))[1]
+        kernel.forward_many_rows = lambda x, b: (self.paths.append("many"), many(x, b))[1]
+
+
+def _int8_kernel():
+    g = torch.Generator().manual_seed(2)
+    w_q = torch.randint(-128, 128, (64, 128), dtype=torch.int8, generator=g)
+    return make_weight_only_int8(w_q, torch.rand(64, generator=g) * 0.01, None, torch.bfloat16)
+
+
+def _int4_kernel():
+    g = torch.Generator().manual_seed(3)
+    q = torch.randint(-8, 8, (64, 128), dtype=torch.int8, generator=g)
+    return make_weight_only_int4(q, torch.rand(64, 1, generator=g) * 0.05, None, torch.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "make", [pytest.param(_int8_kernel, marks=needs_int8pack), pytest.param(_int4_kernel, marks=needs_int4pack)]
+)
+def test_compiled_without_guards_still_dispatches_by_rows(make):
+    """vLLM compiles once for a symbolic M and drops every guard: the branch must happen at run time."""
+    torch._dynamo.reset()
+    kernel = make()
+    recorder = _PathRecorder(kernel)
+    compiled = torch.compile(
+        lambda x: kernel(x, None) * 2,
+        dynamic=True,
+        options={"guard_filter_fn": torch.compiler.skip_all_guards_unsafe},
+    )
+    rows = [3, kernel.many_rows_from + 8, 1, kernel.many_rows_from]  # first M > 1: traced symbolic
+    for m in rows:
+        x = torch.randn(m, 128).to(torch.bfloat16)
+        torch.testing.assert_close(compiled(x), kernel.forward_eager(x, None) * 2, rtol=0, atol=0)
+    # each compiled call, then the eager check
+    assert recorder.paths == [p for m in rows for p in 2 * ["many" if m >= kernel.many_rows_from else "few"]]
+    torch._dynamo.reset()
