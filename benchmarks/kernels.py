@@ -8,7 +8,10 @@ selected kernel, epilogue): W8A8_DYNAMIC, W8A8 static, W8A16 (each weight-only
 int8 kernel), W4A16 g128 (each weight-only int4 kernel), W4A8_DYNAMIC
 per-channel and per-group g128, W4A4_DYNAMIC and FlatQuant (64 × 64
 transform). It prints milliseconds and the ratio to bf16 measured in the same
-run (> 1 means faster than bf16).
+run (> 1 means faster than bf16) and to the fastest unquantized GEMM of the
+run. With vLLM installed it adds vLLM-CPU's prepacked oneDNN GEMMs: bf16 and
+fp32 (what vLLM runs for unquantized models on this CPU) and its W8A8 int8
+path (compressed-tensors checkpoints).
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from vllm_modelslim.kernels.weight_only_int4 import WEIGHT_ONLY_INT4_KERNELS, We
 from vllm_modelslim.kernels.weight_only_int8 import WEIGHT_ONLY_INT8_KERNELS, WeightOnlyInt8Config
 
 GROUP = 128
+UNQUANTIZED = (
+    "bf16 matmul",
+    "fp32 matmul",
+    "vLLM oneDNN bf16 (unquantized)",
+    "vLLM oneDNN fp32 (unquantized)",
+)
 
 
 def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -76,7 +85,33 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
         if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
             layer = make_weight_only_int4(w4, group_scale, None, torch.bfloat16, kernel=kernel)
             layers[f"W4A16 g{GROUP} ({kernel.name})"] = lambda x, layer=layer: layer(x, None)
+    layers.update(vllm_cpu_layers(w_bf16, w8, scale))
     return layers
+
+
+def vllm_cpu_layers(w_bf16: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> dict[str, Callable]:
+    """vLLM-CPU's own prepacked oneDNN GEMMs, when vLLM is installed: what its unquantized
+    bf16/fp32 models and its compressed-tensors W8A8 int8 path run on this CPU."""
+    try:
+        from vllm import _custom_ops as ops
+    except ImportError:
+        return {}
+    if not getattr(ops, "_supports_onednn", False):
+        return {}
+    bf16 = ops.create_onednn_mm(w_bf16.t(), 32)
+    fp32 = ops.create_onednn_mm(w_bf16.float().t(), 32)
+    w8a8 = ops.create_onednn_scaled_mm(w8.t(), scale.view(-1, 1), torch.bfloat16, True, False, 32)
+
+    def w8a8_forward(x: torch.Tensor) -> torch.Tensor:
+        x_q, x_s, _ = ops.onednn_scaled_int8_quant(x, None, None, True)
+        out = torch.empty(x.shape[0], w8.shape[0], dtype=x.dtype)
+        return ops.onednn_scaled_mm(w8a8, x_q, out, x_s, None, None, None)
+
+    return {
+        "vLLM oneDNN bf16 (unquantized)": lambda x: ops.onednn_mm(bf16, x, None),
+        "vLLM oneDNN fp32 (unquantized)": lambda x: ops.onednn_mm(fp32, x.float(), None),
+        "vLLM oneDNN W8A8 dynamic (CT)": w8a8_forward,
+    }
 
 
 def main() -> None:
@@ -94,16 +129,16 @@ def main() -> None:
         f"int8 dot product={cpu_has_int8_dot()} ({int8_flags})"
     )
     layers = build_layers(args.n, args.k)
-    header = f"{'M':>4} {'forward':<36} {'ms':>9} {'x bf16':>8}"
+    header = f"{'M':>4} {'forward':<36} {'ms':>9} {'x bf16':>8} {'x best':>8}"
     print(header)
     print("-" * len(header))
     for m in args.m:
         x = torch.randn(m, args.k, dtype=torch.bfloat16)
-        baseline = None
-        for name, layer in layers.items():
-            ms = median_ms(lambda layer=layer, x=x: layer(x))
-            baseline = baseline or ms
-            print(f"{m:>4} {name:<36} {ms:>9.3f} {baseline / ms:>8.2f}")
+        times = {name: median_ms(lambda layer=layer, x=x: layer(x)) for name, layer in layers.items()}
+        best = min(ms for name, ms in times.items() if name in UNQUANTIZED)
+        for name, ms in times.items():
+            print(f"{m:>4} {name:<36} {ms:>9.3f} {times['bf16 matmul'] / ms:>8.2f} {best / ms:>8.2f}")
+    print("x bf16: speed-up over torch's bf16 matmul; x best: over the fastest unquantized GEMM (*)")
 
 
 if __name__ == "__main__":

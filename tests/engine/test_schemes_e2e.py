@@ -112,6 +112,29 @@ def test_every_linear_layer_runs_its_scheme(engine):
     assert table["lm_head"][0] == "UnquantizedEmbeddingMethod"
 
 
+def describe_weight_copies(model: torch.nn.Module) -> list[tuple[str, list[bool], int]]:
+    from vllm_modelslim.kernels.base import QuantKernel
+
+    rows = []
+    for name, module in model.named_modules():
+        kernels = [m for m in module.modules() if isinstance(m, QuantKernel)]
+        if hasattr(module, "modelslim_kernel") or hasattr(module, "modelslim_kernels"):
+            stored = getattr(module, "weight", None)
+            stored = getattr(module, "weight_packed", None) if stored is None else stored
+            rows.append((name, [k.copies_weight for k in kernels], stored.numel()))
+    return rows
+
+
+def test_one_weight_copy_per_layer(engine):
+    """A kernel with its own (prepacked) weight copy frees the layer's checkpoint tensor; others share it."""
+    _, _, llm = engine
+    (rows,) = llm.apply_model(describe_weight_copies)
+    assert rows
+    for name, copies, weight_numel in rows:
+        assert copies, name
+        assert (weight_numel == 0) == all(copies), (name, copies, weight_numel)
+
+
 def test_greedy_tokens_match_reference(engine, prompts):
     case, folder, llm = engine
     reference = reference_for(folder, case.kv_consumer)

@@ -1,4 +1,4 @@
-"""Row-count dispatch of the CPU weight-only kernels: both paths, the block GEMM, and torch.compile without guards."""
+"""Row-count dispatch of the CPU weight-only kernels: both paths, block GEMM, torch.compile without guards."""
 
 import pytest
 import torch
@@ -24,7 +24,7 @@ def test_block_gemm_equals_one_gemm():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(5, 48, generator=g, dtype=torch.bfloat16)
     w = torch.randn(200, 48, generator=g)
-    got = float32_gemm_by_blocks(x, lambda cols: w[cols].T, 200, block=64)
+    got = float32_gemm_by_blocks(x, lambda cols, scratch: w[cols].T, 200, block=64)
     torch.testing.assert_close(got, x.float() @ w.T, rtol=1e-6, atol=1e-5)
     assert got.dtype == torch.float32 and got.shape == (5, 200)
 
@@ -41,7 +41,9 @@ def test_int4pack_layout_is_read_back_exactly(n):
     assert torch.equal(kernel._unpacked_t(slice(None)).T.to(torch.int8) - 8, q)
     # Block by block (512 output channels), as the GEMM reads it.
     cols = slice(512, 1024) if n == 1024 else slice(0, 64)
-    torch.testing.assert_close(kernel._dequantized_t(cols).T, dequantize_int4_weight(q, scale, zp)[cols].float())
+    torch.testing.assert_close(
+        kernel._dequantized_t(cols).T, dequantize_int4_weight(q, scale, zp)[cols].float()
+    )
 
 
 @needs_int4pack
@@ -92,7 +94,8 @@ def _int4_kernel():
 
 
 @pytest.mark.parametrize(
-    "make", [pytest.param(_int8_kernel, marks=needs_int8pack), pytest.param(_int4_kernel, marks=needs_int4pack)]
+    "make",
+    [pytest.param(_int8_kernel, marks=needs_int8pack), pytest.param(_int4_kernel, marks=needs_int4pack)],
 )
 def test_compiled_without_guards_still_dispatches_by_rows(make):
     """vLLM compiles once for a symbolic M and drops every guard: the branch must happen at run time."""

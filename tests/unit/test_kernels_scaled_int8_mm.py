@@ -6,6 +6,7 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
     ReferenceScaledInt8MM,
     ScaledInt8MMConfig,
     TorchIntMMScaledInt8MM,
+    VllmOnednnScaledInt8MM,
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
 )
@@ -25,12 +26,21 @@ def random_case(m, k, n, seed=0):
     return x_q, w_q, x_scale, w_scale, int_bias, bias
 
 
+def skip_unless_implements(kernel, k, n, int_bias=True, group_size=0):
+    ok, why = kernel.can_implement(ScaledInt8MMConfig(k, n, "cpu", group_size, int_bias))
+    if not ok:
+        pytest.skip(f"{kernel.name}: {why}")
+
+
 @pytest.mark.parametrize("kernel", CPU_KERNELS, ids=lambda k: k.name)
 @pytest.mark.parametrize("m,k,n", SHAPES)
 @pytest.mark.parametrize("per_token", [True, False])
-def test_matches_float64_reference(kernel, m, k, n, per_token):
+@pytest.mark.parametrize("with_int_bias", [True, False])
+def test_matches_float64_reference(kernel, m, k, n, per_token, with_int_bias):
+    skip_unless_implements(kernel, k, n, with_int_bias)
     x_q, w_q, x_scale, w_scale, int_bias, bias = random_case(m, k, n)
     x_scale = x_scale if per_token else None
+    int_bias = int_bias if with_int_bias else None
     mm = make_scaled_int8_mm(w_q, w_scale, int_bias, kernel=kernel)
     got = mm(x_q, x_scale, bias, torch.float32)
     want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias)
@@ -55,6 +65,7 @@ def test_accumulation_is_exact_at_int8_limits(kernel):
 @pytest.mark.parametrize("out_dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_outputs_round_once(kernel, out_dtype):
     x_q, w_q, x_scale, w_scale, int_bias, bias = random_case(9, 256, 32, seed=3)
+    int_bias = int_bias if kernel.can_implement(ScaledInt8MMConfig(256, 32, has_int_bias=True))[0] else None
     mm = make_scaled_int8_mm(w_q, w_scale, int_bias, kernel=kernel)
     got = mm(x_q, x_scale, bias.to(out_dtype), out_dtype)
     want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias.to(out_dtype))
@@ -68,7 +79,7 @@ def test_int_mm_refuses_k_of_one_and_selection_falls_back():
     ok, why = TorchIntMMScaledInt8MM.can_implement(ScaledInt8MMConfig(1, 5))
     assert not ok and "K = 1" in why
     mm = make_scaled_int8_mm(torch.ones(5, 1, dtype=torch.int8), torch.ones(5))
-    assert isinstance(mm, ReferenceScaledInt8MM)
+    assert isinstance(mm, (VllmOnednnScaledInt8MM, ReferenceScaledInt8MM))
     assert mm(torch.full((2, 1), 3, dtype=torch.int8), None, None, torch.float32).tolist() == [[3.0] * 5] * 2
 
 
@@ -79,7 +90,22 @@ def test_forced_kernel_that_cannot_run_is_refused():
 
 def test_fast_kernel_is_selected_on_cpu():
     x_q, w_q, *_ = random_case(2, 64, 16)
-    assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16)), TorchIntMMScaledInt8MM)
+    onednn = VllmOnednnScaledInt8MM.is_supported("cpu")[0]
+    fast = VllmOnednnScaledInt8MM if onednn else TorchIntMMScaledInt8MM
+    assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16)), fast)
+    # an int32 bias must enter the exact accumulator: oneDNN cannot, torch._int_mm can
+    with_bias = make_scaled_int8_mm(w_q, torch.ones(16), torch.ones(16, dtype=torch.int32))
+    assert isinstance(with_bias, TorchIntMMScaledInt8MM)
+    assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16, 2)), TorchIntMMScaledInt8MM)  # per-group
+
+
+@pytest.mark.skipif(
+    not VllmOnednnScaledInt8MM.is_supported("cpu")[0], reason="needs vLLM oneDNN and VNNI/AMX"
+)
+def test_onednn_kernel_holds_the_only_weight_copy():
+    _, w_q, *_ = random_case(2, 64, 16)
+    kernel = make_scaled_int8_mm(w_q, torch.ones(16))
+    assert kernel.weight is None and kernel.external_weight_bytes == w_q.numel() and kernel.copies_weight
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

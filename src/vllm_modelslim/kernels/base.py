@@ -16,6 +16,9 @@ class QuantKernel(torch.nn.Module):
     """
 
     name: ClassVar[str] = "kernel"
+    copies_weight: ClassVar[bool] = False
+    """True when the kernel keeps its own copy of the weight (e.g. a library's prepacked layout),
+    so that the layer's checkpoint tensor can be freed after loading."""
 
     @classmethod
     def is_supported(cls, device_type: str) -> tuple[bool, str | None]:

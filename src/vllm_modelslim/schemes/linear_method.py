@@ -11,7 +11,11 @@ from vllm.model_executor.layers.linear import (
 )
 
 from vllm_modelslim.format.tensor_spec import validate_layer_tensors
+from vllm_modelslim.kernels.base import QuantKernel
 from vllm_modelslim.schemes.base import LinearScheme
+
+CHECKPOINT_WEIGHT_NAMES = ("weight", "weight_packed")
+"""Layer parameters that hold a quantized weight as stored (ModelSlim int8, LLM-Compressor int32)."""
 
 
 @register_weight_loader_v2_supported_method
@@ -67,6 +71,13 @@ class ModelSlimLinearMethod(LinearMethodBase):
             self.after_loading()  # checks that run once all weights are in (norm biases)
         self.scheme.check_values(layer)
         self.scheme.process_weights_after_loading(layer)
+        kernels = [module for module in layer.modules() if isinstance(module, QuantKernel)]
+        if kernels and all(kernel.copies_weight for kernel in kernels):
+            # Each kernel holds its own layout of the weight: free the checkpoint's copy.
+            for name in CHECKPOINT_WEIGHT_NAMES:
+                param = getattr(layer, name, None)
+                if param is not None:
+                    param.data = param.data.new_empty(0)
 
     def apply(
         self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None

@@ -10,9 +10,11 @@ from vllm_modelslim.kernels.scaled_int8_mm.reference import (
     scaled_int8_mm_reference,
 )
 from vllm_modelslim.kernels.scaled_int8_mm.torch_int_mm import TorchIntMMScaledInt8MM
+from vllm_modelslim.kernels.scaled_int8_mm.vllm_onednn import VllmOnednnScaledInt8MM
 from vllm_modelslim.kernels.selection import choose_kernel
 
 SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = [
+    VllmOnednnScaledInt8MM,
     TorchIntMMScaledInt8MM,
     ReferenceScaledInt8MM,
 ]
@@ -46,6 +48,7 @@ def make_scaled_int8_mm(
         out_features=weight.shape[0],
         device_type=weight.device.type,
         group_size=in_features // groups if groups > 1 else 0,
+        has_int_bias=int_bias is not None,
     )
     cls = choose_kernel([kernel] if kernel else SCALED_INT8_MM_KERNELS, config)
     return cls(config, weight, weight_scale, int_bias)
@@ -57,6 +60,7 @@ __all__ = [
     "ScaledInt8MMConfig",
     "ScaledInt8MMKernel",
     "TorchIntMMScaledInt8MM",
+    "VllmOnednnScaledInt8MM",
     "make_scaled_int8_mm",
     "scaled_int8_mm_reference",
 ]

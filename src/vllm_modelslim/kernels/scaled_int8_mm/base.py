@@ -37,12 +37,14 @@ class ScaledInt8MMConfig:
         out_features: N.
         device_type: where the weights live ("cpu", "cuda").
         group_size: K-group size of the weight scales (0: per output channel).
+        has_int_bias: whether an int32 bias ``b_int`` is added to the accumulator.
     """
 
     in_features: int
     out_features: int
     device_type: str = "cpu"
     group_size: int = 0
+    has_int_bias: bool = False
 
 
 class ScaledInt8MMKernel(Int8WeightKernel):

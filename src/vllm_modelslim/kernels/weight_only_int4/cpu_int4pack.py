@@ -12,7 +12,7 @@ K = N = 4096, g = 128, 2 threads: see ``benchmarks/kernels.py``.
 Like the bf16 ``matmul`` on a CPU without native bf16, the op's cost grows
 fast with M (156 ms at M = 256, against 43 ms for a float32 ``matmul``), so
 from :data:`MANY_ROWS_FROM` rows on the kernel dequantizes the packed weight
-block by block to float32 (with the float32 scales) and runs a float32 GEMM.
+block by block to float32 (with the float32 scales, into a shared scratch buffer) and runs a float32 GEMM.
 That reads torch's packed layout, measured on torch 2.13: blocks of 64 output
 channels, each ``[K, 32]`` bytes whose low nibble is channel ``j`` and high
 nibble channel ``j + 32`` of the block. The layout is checked against the
@@ -38,6 +38,7 @@ class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
     """``aten._weight_int4pack_mm_for_cpu`` (few rows) / float32 GEMM (many rows) kernel (CPU)."""
 
     name = "cpu_int4pack"
+    copies_weight = True
 
     @classmethod
     def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
@@ -83,12 +84,15 @@ class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
         nibbles = torch.cat((blocks & 15, blocks >> 4), dim=-1)  # [blocks, K, 64]
         return nibbles.permute(1, 0, 2).reshape(k, -1)
 
-    def _dequantized_t(self, cols: slice) -> torch.Tensor:
-        """``Wᵀ[:, cols] = ((u − 8 − z)·s)ᵀ`` as float32 ``[K, len(cols)]``."""
+    def _dequantized_t(self, cols: slice, scratch: torch.Tensor | None = None) -> torch.Tensor:
+        """``Wᵀ[:, cols] = ((u − 8 − z)·s)ᵀ`` as float32 ``[K, len(cols)]`` (in ``scratch`` if given)."""
         scale = self.weight_scale[cols].T.unsqueeze(1)  # [G, 1, n]
         shift = 8.0 if self.zero_point is None else 8.0 + self.zero_point[cols].T.unsqueeze(1)
-        u = self._unpacked_t(cols).to(torch.float32)
-        return ((u.unflatten(0, (-1, self.config.group_size)) - shift) * scale).flatten(0, 1)
+        u = self._unpacked_t(cols).unflatten(0, (-1, self.config.group_size))  # [G, g, n]
+        if scratch is None:
+            scratch = torch.empty(u.numel(), dtype=torch.float32, device=u.device)
+        w = torch.sub(u, shift, out=scratch.view(u.shape))
+        return w.mul_(scale).flatten(0, 1)
 
     def forward_few_rows(self, x, bias):  # noqa: D102
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(

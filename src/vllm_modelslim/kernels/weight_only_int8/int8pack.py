@@ -13,8 +13,9 @@ several times slower than a float ``matmul``, hence bf16/fp16 only.
 Without native bf16 arithmetic the op's cost grows with M like a bf16
 ``matmul`` (130 ms at M = 256, against 43 ms for float32), so from
 :data:`MANY_ROWS_FROM` rows on the kernel converts the int8 weight to float32
-(exact) in blocks of output channels and runs a float32 GEMM: the same
-epilogue, a more precise accumulator, no float copy kept between calls.
+(exact) one block of output channels at a time, into a shared scratch buffer,
+and runs a float32 GEMM: the same epilogue, a more precise accumulator, no
+float copy of the weight kept between calls.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyInt8Kernel):
         self.k_pad = (-weight.shape[1]) % _K_MULTIPLE
         if self.k_pad:
             self.weight = F.pad(self.weight, (0, self.k_pad)).contiguous()
+            self.copies_weight = True  # the padded copy replaces the checkpoint's
         self.register_buffer(
             "unit_scale", torch.ones(weight.shape[0], dtype=config.act_dtype), persistent=False
         )
@@ -68,9 +70,12 @@ class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyInt8Kernel):
 
     def forward_many_rows(self, x, bias):  # noqa: D102
         k = self.config.in_features
-        acc = float32_gemm_by_blocks(
-            x, lambda cols: self.weight[cols, :k].T.to(torch.float32), self.config.out_features
-        )
+
+        def weight_t_block(cols: slice, scratch: torch.Tensor) -> torch.Tensor:
+            block = scratch.view(cols.stop - cols.start, k)
+            return block.copy_(self.weight[cols, :k]).T  # int8 → float32 is exact
+
+        acc = float32_gemm_by_blocks(x, weight_t_block, self.config.out_features)
         return self._epilogue(acc, x, bias)
 
     def _epilogue(self, y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
