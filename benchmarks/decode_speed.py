@@ -47,13 +47,22 @@ MEMORY_METRICS = ("peak RSS MiB", "weights MiB")
 
 def weight_bytes(model) -> int:
     """Bytes of the distinct storages of every parameter and buffer outside the embedding and LM head,
-    plus the weight copies kernels keep outside torch (``external_weight_bytes``, e.g. oneDNN's)."""
+    plus the weight copies kernels keep outside torch (``external_weight_bytes``, e.g. oneDNN's;
+    vLLM's own unquantized CPU layers keep theirs in oneDNN too: counted at their logical size)."""
     storages: dict[int, int] = {}
     external = 0
     for name, module in model.named_modules():
         if "embed_tokens" in name or "lm_head" in name:
             continue
         external += getattr(module, "external_weight_bytes", 0)
+        weight = getattr(module, "weight", None)
+        if type(getattr(module, "quant_method", None)).__name__ == "UnquantizedLinearMethod" and not (
+            weight is None or weight.numel()
+        ):
+            # vLLM-CPU moved the float weight into a prepacked oneDNN copy: count its logical size.
+            external += (
+                module.output_size_per_partition * module.input_size_per_partition * weight.element_size()
+            )
         tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         for tensor in tensors:
             if tensor is not None and tensor.numel():
