@@ -1,3 +1,5 @@
+import gc
+
 import pytest
 import torch
 
@@ -99,9 +101,25 @@ def test_fast_kernel_is_selected_on_cpu():
     assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16, 2)), TorchIntMMScaledInt8MM)  # per-group
 
 
-@pytest.mark.skipif(
+needs_onednn = pytest.mark.skipif(
     not VllmOnednnScaledInt8MM.is_supported("cpu")[0], reason="needs vLLM oneDNN and VNNI/AMX"
 )
+
+
+@needs_onednn
+@pytest.mark.parametrize("m,k,n", [(1, 384, 1152), (33, 1536, 384), (5, 250, 70), (1, 13, 7)])
+def test_onednn_kernel_is_bit_identical_to_int_mm(m, k, n):
+    """Same exact accumulator, same epilogue order: the two CPU paths give the same bits."""
+    x_q, w_q, x_scale, w_scale, _, bias = random_case(m, k, n, seed=m)
+    onednn = make_scaled_int8_mm(w_q, w_scale, kernel=VllmOnednnScaledInt8MM)
+    int_mm = make_scaled_int8_mm(w_q, w_scale, kernel=TorchIntMMScaledInt8MM)
+    gc.collect()  # the handler must not depend on temporaries freed after construction
+    for out_dtype in (torch.float32, torch.bfloat16):
+        for scale in (x_scale, None):
+            assert torch.equal(onednn(x_q, scale, bias, out_dtype), int_mm(x_q, scale, bias, out_dtype))
+
+
+@needs_onednn
 def test_onednn_kernel_holds_the_only_weight_copy():
     _, w_q, *_ = random_case(2, 64, 16)
     kernel = make_scaled_int8_mm(w_q, torch.ones(16))

@@ -3,7 +3,12 @@
 ``vllm._custom_ops.create_onednn_scaled_mm`` reorders the int8 weight once
 into oneDNN's blocked layout (a copy held by the handler) and
 ``onednn_scaled_mm`` computes ``s_x[m] · s_w[n] · Σ_k x_q[m, k] · w_q[n, k]``
-with int32 accumulators and a float32 epilogue. On CPUs with VNNI/AMX
+with int32 accumulators and a float32 epilogue. The kernel gives it unit
+scales, so it returns the accumulator converted to float32, and applies the
+scales in the shared epilogue: the results are bit-identical to
+``torch._int_mm``'s (with oneDNN's own scaling order, float32 rounding
+differences flipped enough activation roundings downstream to move MiniLM
+W8A8 fp32 embeddings from cosine 0.99983 to 0.99867 against the reference). On CPUs with VNNI/AMX
 (:func:`~vllm_modelslim.kernels.platform.cpu_has_int8_dot`) the accumulation
 is exact: measured against the int64 sum on random K = N = 4096 data, the
 relative error is that of float32 rounding (≤ 8e-8), as with ``torch._int_mm``.
@@ -72,21 +77,21 @@ class VllmOnednnScaledInt8MM(ScaledInt8MMKernel):
         super().__init__(config, weight, weight_scale, int_bias)
         ops = _vllm_cpu_ops()
         self._ops = ops
+        # Unit scales: the handler returns the int32 accumulator converted to float32, and the
+        # shared epilogue scales it in the same order as every other kernel (bit-identical results).
+        # The handler reads the scales from this tensor's memory at run time: keep it alive.
+        self.register_buffer(
+            "unit_scale", torch.ones(config.out_features, 1, dtype=torch.float32), persistent=False
+        )
         self._handler = ops.create_onednn_scaled_mm(
-            self.weight.t(), self.weight_scale.view(-1, 1), torch.float32, True, False, _PRIMITIVE_CACHE_SIZE
+            self.weight.t(), self.unit_scale, torch.float32, True, False, _PRIMITIVE_CACHE_SIZE
         )
         self.external_weight_bytes = self.weight.numel()
         self.weight = None
 
     def forward(self, x_q, x_scale, bias, out_dtype):  # noqa: D102
         rows = x_q.shape[0]
-        scale = (
-            torch.ones(rows, 1, dtype=torch.float32)
-            if x_scale is None
-            else x_scale.to(torch.float32).reshape(-1, 1).contiguous()
-        )
-        y = torch.empty(rows, self.config.out_features, dtype=torch.float32)
-        self._ops.onednn_scaled_mm(self._handler, x_q.contiguous(), y, scale, None, None, None)
-        if bias is not None:
-            y = y + bias.to(torch.float32)
-        return y.to(out_dtype)
+        acc = torch.empty(rows, self.config.out_features, dtype=torch.float32)
+        unit = torch.ones(rows, 1, dtype=torch.float32)
+        self._ops.onednn_scaled_mm(self._handler, x_q.contiguous(), acc, unit, None, None, None)
+        return self.epilogue(acc, x_scale, bias, out_dtype)
