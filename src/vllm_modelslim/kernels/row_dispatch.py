@@ -19,6 +19,10 @@ import weakref
 
 import torch
 
+MANY_ROWS_FROM = 32
+"""Default smallest M of the many-rows path: the measured crossover of the CPU weight-only
+kernels (int8pack/int4pack op against the float32 block GEMM, K = N = 4096, ``benchmarks/kernels.py``)."""
+
 _KERNELS: dict[int, weakref.ReferenceType] = {}
 _HANDLES = itertools.count()
 

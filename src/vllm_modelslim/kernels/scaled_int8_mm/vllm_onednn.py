@@ -3,20 +3,19 @@
 ``vllm._custom_ops.create_onednn_scaled_mm`` reorders the int8 weight once
 into oneDNN's blocked layout (a copy held by the handler) and
 ``onednn_scaled_mm`` computes ``s_x[m] · s_w[n] · Σ_k x_q[m, k] · w_q[n, k]``
-with int32 accumulators and a float32 epilogue. The kernel gives it unit
-scales, so it returns the accumulator converted to float32, and applies the
-scales in the shared epilogue: the results are bit-identical to
-``torch._int_mm``'s (with oneDNN's own scaling order, float32 rounding
-differences flipped enough activation roundings downstream to move MiniLM
-W8A8 fp32 embeddings from cosine 0.99983 to 0.99867 against the reference). On CPUs with VNNI/AMX
+with int32 accumulators and a float32 epilogue. On CPUs with VNNI/AMX
 (:func:`~vllm_modelslim.kernels.platform.cpu_has_int8_dot`) the accumulation
-is exact: measured against the int64 sum on random K = N = 4096 data, the
-relative error is that of float32 rounding (≤ 8e-8), as with ``torch._int_mm``.
-Without them oneDNN takes 16-bit saturating paths and is inexact, so the kernel
-refuses those CPUs. It is faster than ``torch._int_mm`` at every M measured
-on 2 cores with AVX512-VNNI (K = N = 4096: 0.60 against 0.78 ms at M = 1,
-1.2 against 3.4 ms at M = 8, 23 against 45 ms at M = 512;
-``benchmarks/kernels.py``). Per-channel weight scales only.
+is exact; without them oneDNN takes 16-bit saturating paths and is inexact, so
+the kernel refuses those CPUs. It gives the handler unit scales, so it returns
+the accumulator converted to float32, and applies the scales in the shared
+epilogue: the results are bit-identical to ``torch._int_mm``'s. (With oneDNN's
+own scaling order, float32 rounding differences flipped enough activation
+roundings downstream to move MiniLM's fp32 W8A8 embeddings from cosine
+0.99983 to 0.99867 against the reference.) It is faster than ``torch._int_mm``
+at every M measured on 2 cores with AVX512-VNNI (K = N = 4096, oneDNN scaling
+itself: 0.60 against 0.78 ms at M = 1, 1.2 against 3.4 ms at M = 8, 23
+against 45 ms at M = 512; ``benchmarks/kernels.py``). Per-channel weight
+scales only.
 
 The handler has no int32 output and no integer bias, so the int32 bias of
 static W8A8 (``quant_bias``) could only be added after scaling, as

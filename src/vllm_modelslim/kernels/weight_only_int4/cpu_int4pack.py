@@ -24,14 +24,12 @@ from __future__ import annotations
 import torch
 
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
-from vllm_modelslim.kernels.row_dispatch import RowDispatchMixin
+from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM, RowDispatchMixin
 from vllm_modelslim.kernels.weight_only_int4.base import WeightOnlyInt4Config, WeightOnlyInt4Kernel
 
 _GROUP_SIZES = (32, 64, 128, 256)
 _N_MULTIPLE = 16
 _PACK_BLOCK = 64
-MANY_ROWS_FROM = 32
-"""From this many activation rows on, the float32 GEMM path runs (measured crossover)."""
 
 
 class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):

@@ -24,12 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
-from vllm_modelslim.kernels.row_dispatch import RowDispatchMixin
+from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM, RowDispatchMixin
 from vllm_modelslim.kernels.weight_only_int8.base import WeightOnlyInt8Config, WeightOnlyInt8Kernel
 
 _K_MULTIPLE = 16
-MANY_ROWS_FROM = 32
-"""From this many activation rows on, the float32 GEMM path runs (measured crossover)."""
 
 
 class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyInt8Kernel):
