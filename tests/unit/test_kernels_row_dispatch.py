@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vllm_modelslim.kernels import float_gemm
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
 from vllm_modelslim.kernels.weight_only_int4 import (
     CpuInt4PackWeightOnlyInt4,
@@ -27,6 +28,24 @@ def test_block_gemm_equals_one_gemm():
     got = float32_gemm_by_blocks(x, lambda cols, scratch: w[cols].T, 200, block=64)
     torch.testing.assert_close(got, x.float() @ w.T, rtol=1e-6, atol=1e-5)
     assert got.dtype == torch.float32 and got.shape == (5, 200)
+
+
+@needs_int8pack
+def test_scratch_buffer_survives_inference_mode_then_grad_mode(monkeypatch):
+    """vLLM runs under inference_mode; a buffer made there must not be reused outside it."""
+    monkeypatch.setattr(float_gemm, "_scratch", {})  # the first buffer is made in inference mode
+    g = torch.Generator().manual_seed(2)
+    q = torch.randint(-128, 128, (640, 96), dtype=torch.int8, generator=g)
+    scale = torch.rand(640, generator=g) + 0.5
+    kernel = make_weight_only_int8(q, scale, None, torch.bfloat16)
+    assert isinstance(kernel, Int8PackWeightOnlyInt8)
+    x = torch.randn(40, 96, generator=g).bfloat16()  # many rows: the block GEMM path
+    want = (x.float() @ (q.float() * scale[:, None]).T).bfloat16()
+    with torch.inference_mode():
+        inside = kernel(x, None)
+    outside = kernel(x, None)
+    torch.testing.assert_close(inside, want)
+    torch.testing.assert_close(outside, want)
 
 
 @needs_int4pack

@@ -16,19 +16,23 @@ import torch
 BLOCK_COLUMNS = 512
 """Output channels dequantized per block (a [512, K] float32 block: 8 MiB at K = 4096)."""
 
-_scratch: dict[torch.device, torch.Tensor] = {}
+_scratch: dict[tuple[torch.device, bool], torch.Tensor] = {}
 
 
 def scratch_buffer(numel: int, device: torch.device) -> torch.Tensor:
     """A float32 buffer of at least ``numel`` elements, shared by every caller on ``device``.
 
     Its contents are only valid until the next call; it grows to the largest
-    request seen (one block of the widest layer) and is never freed.
+    request seen (one block of the widest layer) and is never freed. One
+    buffer is kept per inference-mode state: a tensor allocated under
+    ``torch.inference_mode`` (as vLLM runs the model) cannot be written
+    outside it, and the same process may run both.
     """
-    buffer = _scratch.get(device)
+    key = (torch.device(device), torch.is_inference_mode_enabled())
+    buffer = _scratch.get(key)
     if buffer is None or buffer.numel() < numel:
         buffer = torch.empty(numel, dtype=torch.float32, device=device)
-        _scratch[device] = buffer
+        _scratch[key] = buffer
     return buffer[:numel]
 
 
