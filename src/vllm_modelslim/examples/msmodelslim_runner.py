@@ -160,25 +160,38 @@ def msmodelslim_python(transformers: str = DEFAULT_TRANSFORMERS, log=print) -> P
     override = os.environ.get(PYTHON_OVERRIDE_ENV)
     if override:
         return Path(override)
-    venv = cache_dir() / "venvs" / f"msmodelslim-{MSMODELSLIM_VERSION}-tf{transformers}"
+    return tool_python(
+        f"msmodelslim-{MSMODELSLIM_VERSION}-tf{transformers}",
+        [f"msmodelslim=={MSMODELSLIM_VERSION}", f"transformers=={transformers}"],
+        log,
+    )
+
+
+def tool_python(name: str, requirements: list[str], log=print) -> Path:
+    """Interpreter of the virtualenv ``<cache>/venvs/<name>``, created with ``requirements`` if needed.
+
+    torch is installed first, at the running process's version (the CPU build
+    on these machines), so that the tool's dependencies do not pull another.
+
+    Raises:
+        RuntimeError: creating the virtualenv or installing into it failed.
+    """
+    venv = cache_dir() / "venvs" / name
     python = venv / "bin" / "python"
     marker = venv / ".installed"
     if python.exists() and marker.exists():
         return python
-    log(f"creating the msmodelslim virtualenv {venv} (one-time, about a minute)")
+    log(f"creating the virtualenv {venv} (one-time, a minute or more)")
     shutil.rmtree(venv, ignore_errors=True)
-    _run([sys.executable, "-m", "venv", str(venv)], "create the msmodelslim virtualenv")
+    run_command([sys.executable, "-m", "venv", str(venv)], f"create the virtualenv {name}")
     pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    _run([*pip, _runtime_torch_requirement()], "install torch into the msmodelslim virtualenv")
-    _run(
-        [*pip, f"msmodelslim=={MSMODELSLIM_VERSION}", f"transformers=={transformers}"],
-        "install msmodelslim into its virtualenv",
-    )
-    marker.write_text(f"msmodelslim=={MSMODELSLIM_VERSION}\ntransformers=={transformers}\n")
+    run_command([*pip, _runtime_torch_requirement()], f"install torch into the virtualenv {name}")
+    run_command([*pip, *requirements], f"install {' '.join(requirements)} into its virtualenv")
+    marker.write_text("\n".join(requirements) + "\n")
     return python
 
 
-def _run(cmd: list[str], what: str, cwd: Path | None = None, log_file: Path | None = None) -> None:
+def run_command(cmd: list[str], what: str, cwd: Path | None = None, log_file: Path | None = None) -> None:
     """Run ``cmd``; on failure raise RuntimeError with the end of its output."""
     if log_file is None:
         result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
@@ -326,7 +339,7 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
         ]  # fmt: skip
         env_log = work / "msmodelslim.log"
         # msmodelslim writes scratch files (features.npy) into the working directory.
-        _run(command, f"quantize with msmodelslim ({recipe.name})", cwd=work, log_file=env_log)
+        run_command(command, f"quantize with msmodelslim ({recipe.name})", cwd=work, log_file=env_log)
         shutil.copy(env_log, partial / "msmodelslim.log")
     description = load_description(partial)
     missing = set(recipe.quant_types) - description.quant_types()

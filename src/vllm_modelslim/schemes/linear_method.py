@@ -18,6 +18,21 @@ CHECKPOINT_WEIGHT_NAMES = ("weight", "weight_packed")
 """Layer parameters that hold a quantized weight as stored (ModelSlim int8, LLM-Compressor int32)."""
 
 
+def free_checkpoint_weights(layer: torch.nn.Module) -> None:
+    """Empty the layer's stored weight (:data:`CHECKPOINT_WEIGHT_NAMES`) if every kernel copied it.
+
+    Kernels with ``copies_weight`` (oneDNN's prepacked copy, int4pack, padded
+    int8pack) keep their own layout; freeing the checkpoint's tensor leaves one
+    weight copy per layer. Layers whose kernels read the stored tensor keep it.
+    """
+    kernels = [module for module in layer.modules() if isinstance(module, QuantKernel)]
+    if kernels and all(kernel.copies_weight for kernel in kernels):
+        for name in CHECKPOINT_WEIGHT_NAMES:
+            param = getattr(layer, name, None)
+            if param is not None:
+                param.data = param.data.new_empty(0)
+
+
 @register_weight_loader_v2_supported_method
 class ModelSlimLinearMethod(LinearMethodBase):
     """Linear method for a quantized layer of a ModelSlim checkpoint.
@@ -71,13 +86,7 @@ class ModelSlimLinearMethod(LinearMethodBase):
             self.after_loading()  # checks that run once all weights are in (norm biases)
         self.scheme.check_values(layer)
         self.scheme.process_weights_after_loading(layer)
-        kernels = [module for module in layer.modules() if isinstance(module, QuantKernel)]
-        if kernels and all(kernel.copies_weight for kernel in kernels):
-            # Each kernel holds its own layout of the weight: free the checkpoint's copy.
-            for name in CHECKPOINT_WEIGHT_NAMES:
-                param = getattr(layer, name, None)
-                if param is not None:
-                    param.data = param.data.new_empty(0)
+        free_checkpoint_weights(layer)
 
     def apply(
         self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
