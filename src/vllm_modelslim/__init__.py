@@ -16,10 +16,20 @@ __version__ = "0.1.0"
 def register() -> None:
     """VLLM general-plugin hook: register the ``ascend``/``modelslim`` quantization methods.
 
+    It also puts this project's exact int8 / weight-only kernels first in
+    vLLM's CPU kernel lists, which serves LLM-Compressor (compressed-tensors)
+    checkpoints; vLLM detects those itself, no flag needed.
+
     Safe to call more than once (vLLM calls it in every process it starts).
     """
+    from vllm_modelslim.compressed_tensors import (
+        register_compressed_tensors_config,
+        register_cpu_linear_kernels,
+    )
     from vllm_modelslim.format.quant_config import register_quantization_methods
     from vllm_modelslim.schemes.norm_bias import register_rms_norm_bias
 
     register_quantization_methods()
     register_rms_norm_bias()
+    register_cpu_linear_kernels()
+    register_compressed_tensors_config()

@@ -47,6 +47,9 @@ WEIGHT_OFFSET = CheckpointTensor(
 SYMMETRIC_WEIGHT_OFFSET = replace(WEIGHT_OFFSET, values=ValueRule.ZERO)
 """``weight_offset`` of the integer-activation schemes: stored, but must be all zero."""
 
+OPTIONAL_SYMMETRIC_WEIGHT_OFFSET = replace(SYMMETRIC_WEIGHT_OFFSET, optional=True)
+"""W8A8_DYNAMIC's ``weight_offset``: msmodelslim writes zeros, LLM-Compressor nothing (spec §6)."""
+
 OPTIONAL_WEIGHT_SCALE = replace(WEIGHT_SCALE, optional=True)
 """``weight_scale`` where only old-pipeline/MIX checkpoints carry it (static W8A8)."""
 

@@ -6,7 +6,8 @@ Math (spec §4.2, ModelSlim / vLLM Ascend ``AscendW8A8DynamicLinearMethod``)::
     y[m, n] = (Σ_k x_q[m, k] · W_q[n, k]) · s_x[m] · s_w[n] + bias[n]
 
 On disk per shard: ``weight`` int8 [o, i], ``weight_scale`` [o, 1],
-``weight_offset`` [o, 1] (zeros: the weights are symmetric).
+``weight_offset`` [o, 1] (zeros: the weights are symmetric; absent in
+LLM-Compressor checkpoints, whose MoE experts run this scheme, spec §6).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.schemes.base import LinearScheme
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT8_WEIGHT,
-    SYMMETRIC_WEIGHT_OFFSET,
+    OPTIONAL_SYMMETRIC_WEIGHT_OFFSET,
     WEIGHT_SCALE,
 )
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
@@ -31,7 +32,7 @@ class W8A8DynamicLinearScheme(LinearScheme):
     quant_type = "W8A8_DYNAMIC"
 
     def checkpoint_tensors(self):
-        return (INT8_WEIGHT, WEIGHT_SCALE, SYMMETRIC_WEIGHT_OFFSET)
+        return (INT8_WEIGHT, WEIGHT_SCALE, OPTIONAL_SYMMETRIC_WEIGHT_OFFSET)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
