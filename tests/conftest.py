@@ -55,6 +55,27 @@ def quantized(demo_model):
 
 
 @pytest.fixture(scope="session")
+def llmcompressor_checkpoint(demo_model):
+    """``llmcompressor_checkpoint(scheme, moe=False) -> Path``: a tool-made LLM-Compressor checkpoint.
+
+    Made from the demo model (or the tiny Qwen3-MoE) by the real LLM-Compressor
+    in its own virtualenv; cached.
+    """
+    from vllm_modelslim.examples.llmcompressor_runner import quantize_with_llmcompressor
+    from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
+
+    made: dict[tuple[str, bool], Path] = {}
+
+    def get(scheme: str, moe: bool = False) -> Path:
+        if (scheme, moe) not in made:
+            model = cached_tiny_qwen3_moe(progress=print) if moe else demo_model
+            made[scheme, moe] = quantize_with_llmcompressor(model, scheme, log=print)
+        return made[scheme, moe]
+
+    return get
+
+
+@pytest.fixture(scope="session")
 def checkpoint(quantized):
     """``checkpoint(recipe, handmade=None) -> Path``: tool-made, or a hand-made layout converted from it."""
     from vllm_modelslim.examples.handmade_checkpoints import (

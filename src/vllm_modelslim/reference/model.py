@@ -11,6 +11,7 @@ vLLM, which makes it the oracle for the end-to-end tests.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from vllm_modelslim.format.description import (
     find_description_file,
     parse_description_file,
 )
+from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
 from vllm_modelslim.reference.kv_cache import QuantDequantKVCache, c8_layer_params
-from vllm_modelslim.reference.moe import ReferenceExperts
+from vllm_modelslim.reference.moe import ReferenceExperts, float_linear
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 
 
@@ -52,9 +54,10 @@ class ReferenceModel:
     """Pure-torch forward of the checkpoint in ``model_dir``.
 
     Args:
-        model_dir: a ModelSlim output folder, or a plain Hugging Face checkpoint
-            (then nothing is quantized). A causal LM, or an encoder (``AutoModel``,
-            e.g. BERT) when config.json names no ``*ForCausalLM`` architecture.
+        model_dir: a ModelSlim output folder, an LLM-Compressor (compressed-tensors)
+            checkpoint, or a plain Hugging Face checkpoint (then nothing is quantized).
+            A causal LM, or an encoder (``AutoModel``, e.g. BERT) when config.json
+            names no ``*ForCausalLM`` architecture.
         dtype: compute dtype outside the quantized linears (float32 default).
         kv_consumer: compute W8A8_MIX layers as a decode (KV-consumer) instance does.
 
@@ -79,8 +82,13 @@ class ReferenceModel:
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.kv_cache_quant = c8_layer_params(tensors, kv_heads, head_dim)
+        ct_config = getattr(config, "quantization_config", None)
+        is_ct = isinstance(ct_config, dict) and ct_config.get("quant_method") == "compressed-tensors"
+        self.ct_config: dict | None = ct_config if is_ct else None
         self.expert_layers = self._replace_experts(tensors)
         self.quantized_layers = self._replace_quantized_linears(tensors)
+        if self.ct_config is not None:
+            self.quantized_layers.update(self._replace_compressed_tensors_linears(tensors))
         norm_biases = {k: tensors.pop(k) for k in list(tensors) if k.endswith("norm.bias")}
         remaining = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         missing, unexpected = self.model.load_state_dict(remaining, strict=False)
@@ -106,13 +114,54 @@ class ReferenceModel:
             stored = any(k.startswith(f"{name}.0.gate_proj.") for k in tensors)
             if not name.endswith(".experts") or not stored:
                 continue
-            experts = ReferenceExperts(
-                name, num_experts, tensors, self.description, self.dtype, self.kv_consumer
-            )
+            experts = ReferenceExperts(name, num_experts, tensors, self._expert_projection, self.dtype)
             parent_name, _, child = name.rpartition(".")
             setattr(self.model.get_submodule(parent_name), child, experts)
             replaced[name] = experts.quant_types
         return replaced
+
+    def _expert_projection(
+        self, name: str, tensors: dict[str, torch.Tensor]
+    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], str | None]:
+        """One expert projection: the description's quant type, the compressed-tensors group, or float."""
+        if self.ct_config is not None:
+            # Stored experts are Linear layers in the model LLM-Compressor calibrated.
+            group = self._compressed_tensors_group(name, torch.nn.Linear(0, 0))
+            if group is not None:
+                group_name, args = group
+                linear = ReferenceCompressedTensorsLinear(
+                    tensors, args["weights"], args.get("input_activations")
+                )
+                return linear, f"compressed-tensors {group_name}"
+        quant_type = self.description.quant_type(f"{name}.weight") if self.description else None
+        if quant_type in (None, FLOAT):
+            return float_linear(tensors["weight"], self.dtype), None
+        return ReferenceQuantizedLinear(quant_type, tensors, None, self.kv_consumer), quant_type
+
+    def _compressed_tensors_group(self, name: str, module: torch.nn.Module) -> tuple[str, dict] | None:
+        """``(group name, its args)`` of the first ``config_groups`` entry that targets ``name``."""
+        from compressed_tensors.utils.match import is_match
+
+        assert self.ct_config is not None
+        ignore = self.ct_config.get("ignore") or []
+        for group_name, group in self.ct_config["config_groups"].items():
+            if is_match(name, module, group["targets"], ignore):
+                return group_name, group
+        return None
+
+    def _swap_linear(
+        self,
+        name: str,
+        tensors: dict[str, torch.Tensor],
+        build: Callable[[dict[str, torch.Tensor], torch.Tensor | None], torch.nn.Module],
+    ) -> None:
+        """Replace linear ``name`` by ``build(tensors by suffix, bias)``, popping them from ``tensors``."""
+        prefix = f"{name}."
+        layer_tensors = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
+        bias = layer_tensors.pop("bias", None)
+        parent_name, _, child = name.rpartition(".")
+        parent = self.model.get_submodule(parent_name) if parent_name else self.model
+        setattr(parent, child, build(layer_tensors, bias))
 
     def _replace_quantized_linears(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
         replaced: dict[str, str] = {}
@@ -124,15 +173,34 @@ class ReferenceModel:
             quant_type = self.description.quant_type(f"{name}.weight")
             if quant_type in (None, FLOAT):
                 continue
-            prefix = f"{name}."
-            layer_tensors = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
-            bias = layer_tensors.pop("bias", None)
-            parent_name, _, child = name.rpartition(".")
-            parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            setattr(
-                parent, child, ReferenceQuantizedLinear(quant_type, layer_tensors, bias, self.kv_consumer)
+            self._swap_linear(
+                name,
+                tensors,
+                lambda layer_tensors, bias, qt=quant_type: ReferenceQuantizedLinear(
+                    qt, layer_tensors, bias, self.kv_consumer
+                ),
             )
             replaced[name] = quant_type
+        return replaced
+
+    def _replace_compressed_tensors_linears(self, tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+        """Replace each linear an LLM-Compressor ``config_groups`` entry targets by its reference."""
+        replaced: dict[str, str] = {}
+        for name, module in list(self.model.named_modules()):
+            group = (
+                self._compressed_tensors_group(name, module) if isinstance(module, torch.nn.Linear) else None
+            )
+            if group is None:
+                continue
+            group_name, args = group
+            self._swap_linear(
+                name,
+                tensors,
+                lambda layer_tensors, bias, a=args: ReferenceCompressedTensorsLinear(
+                    layer_tensors, a["weights"], a.get("input_activations"), bias
+                ),
+            )
+            replaced[name] = f"compressed-tensors {group_name}"
         return replaced
 
     def _add_norm_biases(self, norm_biases: dict[str, torch.Tensor]) -> list[str]:

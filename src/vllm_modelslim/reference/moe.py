@@ -3,9 +3,9 @@
 Hugging Face's Qwen3-MoE (transformers 5) keeps its experts as fused 3-D
 parameters and calls them as ``experts(hidden [T, H], top_k_index [T, k],
 top_k_weights [T, k])``. :class:`ReferenceExperts` takes that place: each
-expert is three projections (``gate_proj``, ``up_proj``, ``down_proj``), either
-float or a :class:`~vllm_modelslim.reference.quantized_linear.ReferenceQuantizedLinear`
-of the description's quant type, and the layer output is
+expert is three projections (``gate_proj``, ``up_proj``, ``down_proj``), each
+built by the caller from its stored tensors (float, or a reference quantized
+linear of the checkpoint's format), and the layer output is
 ``Σ_j w_j · down(silu(gate(x)) · up(x))`` over the selected experts (spec
 §4.2 math), summed in float64. Every projection is row-wise (per-token
 activation quantization included), so each expert runs once on the rows
@@ -18,13 +18,15 @@ from collections.abc import Callable, MutableMapping
 
 import torch
 
-from vllm_modelslim.format.description import FLOAT, QuantDescription
-from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
-
 EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
 
+Projection = Callable[[torch.Tensor], torch.Tensor]
+ProjectionBuilder = Callable[[str, dict[str, torch.Tensor]], tuple[Projection, str | None]]
+"""``(checkpoint name, its tensors by suffix) -> (forward, quant label or None when float)``."""
 
-def _float_linear(weight: torch.Tensor, dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+
+def float_linear(weight: torch.Tensor, dtype: torch.dtype) -> Projection:
+    """``x · Wᵀ`` in ``dtype`` (an unquantized expert projection)."""
     weight = weight.to(dtype)
     return lambda x: x @ weight.t()
 
@@ -36,9 +38,8 @@ class ReferenceExperts(torch.nn.Module):
         prefix: checkpoint prefix of the layer (``model.layers.0.mlp.experts``).
         num_experts: experts in the layer.
         tensors: checkpoint tensors by name; this layer's are removed from it.
-        description: the checkpoint's description (None: float experts).
-        dtype: compute dtype of float experts and of the activations between projections.
-        kv_consumer: W8A8_MIX experts compute as on a KV-consumer instance.
+        build_projection: makes each projection from its name and tensors.
+        dtype: compute dtype of the activations between projections.
 
     Raises:
         KeyError: an expert's tensors are missing.
@@ -49,25 +50,21 @@ class ReferenceExperts(torch.nn.Module):
         prefix: str,
         num_experts: int,
         tensors: MutableMapping[str, torch.Tensor],
-        description: QuantDescription | None,
+        build_projection: ProjectionBuilder,
         dtype: torch.dtype,
-        kv_consumer: bool = False,
     ):
         super().__init__()
         self.dtype = dtype
         self.quant_types: set[str] = set()
-        self.experts: list[dict[str, Callable[[torch.Tensor], torch.Tensor]]] = []
+        self.experts: list[dict[str, Projection]] = []
         for expert in range(num_experts):
             projections = {}
             for proj in EXPERT_PROJECTIONS:
                 name = f"{prefix}.{expert}.{proj}"
                 own = {k[len(name) + 1 :]: tensors.pop(k) for k in list(tensors) if k.startswith(name + ".")}
-                quant_type = description.quant_type(f"{name}.weight") if description else None
-                if quant_type in (None, FLOAT):
-                    projections[proj] = _float_linear(own["weight"], dtype)
-                else:
-                    projections[proj] = ReferenceQuantizedLinear(quant_type, own, None, kv_consumer)
-                    self.quant_types.add(quant_type)
+                projections[proj], label = build_projection(name, own)
+                if label is not None:
+                    self.quant_types.add(label)
             self.experts.append(projections)
 
     def expert_forward(self, expert: int, x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,153 @@
+"""compressed-tensors linears on CPU: vLLM's kernel lists; the adapters against the float64 reference.
+
+The layers are built as vLLM's compressed-tensors schemes build them (vLLM's
+parameter classes and names); the weights are packed with compressed-tensors'
+own ``pack_to_int32``.
+"""
+
+import pytest
+import torch
+from compressed_tensors.compressors import pack_to_int32
+from vllm.model_executor.kernels import linear as vllm_linear_kernels
+from vllm.model_executor.kernels.linear import MPLinearLayerConfig
+from vllm.model_executor.kernels.linear.scaled_mm.cpu import CPUInt8ScaledMMLinearKernel
+from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import Int8ScaledMMLinearLayerConfig
+from vllm.model_executor.parameter import (
+    BasevLLMParameter,
+    ChannelQuantScaleParameter,
+    GroupQuantScaleParameter,
+    ModelWeightParameter,
+    PackedvLLMParameter,
+)
+from vllm.platforms import PlatformEnum
+from vllm.scalar_type import scalar_types
+
+from vllm_modelslim.compressed_tensors import register_cpu_linear_kernels
+from vllm_modelslim.compressed_tensors.int8_linear_kernel import ModelSlimInt8ScaledMMLinearKernel
+from vllm_modelslim.compressed_tensors.wna16_linear_kernel import ModelSlimWNA16LinearKernel
+from vllm_modelslim.kernels.platform import cpu_has_int8_dot
+from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
+
+INT8_PARAMS = ["weight", "weight_scale", "input_scale", "input_zero_point", "azp_adj"]
+
+
+@pytest.fixture(autouse=True)
+def single_rank(monkeypatch):
+    """vLLM's parameter classes read the tensor-parallel rank; here there is one rank and no process group."""
+    import vllm.model_executor.parameter as vllm_parameter
+
+    monkeypatch.setattr(vllm_parameter, "get_tensor_model_parallel_rank", lambda: 0)
+    monkeypatch.setattr(vllm_parameter, "get_tensor_model_parallel_world_size", lambda: 1)
+
+
+def _loader(*args, **kwargs):
+    raise AssertionError("not loaded from a file here")
+
+
+def test_adapters_come_first_in_vllms_cpu_kernel_lists():
+    """Fails loudly when vLLM renames or restructures the kernel lists this project edits."""
+    assert register_cpu_linear_kernels()
+    assert register_cpu_linear_kernels()  # idempotent
+    int8 = vllm_linear_kernels._POSSIBLE_INT8_KERNELS[PlatformEnum.CPU]
+    mixed = vllm_linear_kernels._POSSIBLE_KERNELS[PlatformEnum.CPU]
+    assert int8[0] is ModelSlimInt8ScaledMMLinearKernel and int8.count(ModelSlimInt8ScaledMMLinearKernel) == 1
+    assert mixed[0] is ModelSlimWNA16LinearKernel and mixed.count(ModelSlimWNA16LinearKernel) == 1
+    assert CPUInt8ScaledMMLinearKernel in int8  # vLLM's own stays as the fallback
+
+
+def _int8_layer(widths, k, static, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    n = sum(widths)
+    layer = torch.nn.Module()
+    layer.logical_widths = widths
+    weight = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
+    layer.register_parameter(
+        "weight", ModelWeightParameter(data=weight.clone(), input_dim=1, output_dim=0, weight_loader=_loader)
+    )
+    scale = torch.rand(n, 1, generator=g) * 0.02 + 0.001
+    layer.register_parameter(
+        "weight_scale", ChannelQuantScaleParameter(data=scale, output_dim=0, weight_loader=_loader)
+    )
+    input_scale = torch.tensor([0.05]) if static else None
+    if static:
+        layer.register_parameter("input_scale", BasevLLMParameter(data=input_scale, weight_loader=_loader))
+    tensors = {"weight": weight, "weight_scale": scale.clone()}
+    if static:
+        tensors["input_scale"] = input_scale.clone()
+    return layer, tensors
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+@pytest.mark.parametrize("m", [1, 5, 40])
+def test_int8_adapter_matches_reference(static, m):
+    widths, k = [96, 32, 32], 256
+    layer, tensors = _int8_layer(widths, k, static)
+    config = Int8ScaledMMLinearLayerConfig(
+        is_static_input_scheme=static, is_channelwise=True, input_symmetric=True
+    )
+    kernel = ModelSlimInt8ScaledMMLinearKernel(config, INT8_PARAMS)
+    kernel.process_weights_after_loading(layer)
+    x = torch.randn(m, k, generator=torch.Generator().manual_seed(m)) * 2
+    bias = torch.randn(sum(widths))
+    got = kernel.apply_weights(layer, x, bias)
+    activations = {"strategy": "tensor" if static else "token", "num_bits": 8}
+    want = ReferenceCompressedTensorsLinear(tensors, {"num_bits": 8}, activations, bias)(x.double())
+    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-5)
+
+
+@pytest.mark.skipif(cpu_has_int8_dot(), reason="this CPU has VNNI/AMX: vLLM's oneDNN int8 GEMM is exact here")
+def test_vllm_default_int8_path_is_inexact_without_int8_dot_products():
+    """On AVX2 vLLM's oneDNN W8A8 path loses the int32 accumulation that the adapter keeps."""
+    widths, k = [256], 1024
+    errors = {}
+    for kernel_cls in (ModelSlimInt8ScaledMMLinearKernel, CPUInt8ScaledMMLinearKernel):
+        layer, tensors = _int8_layer(widths, k, static=False, seed=3)
+        config = Int8ScaledMMLinearLayerConfig(
+            is_static_input_scheme=False, is_channelwise=True, input_symmetric=True
+        )
+        kernel = kernel_cls(config, INT8_PARAMS)
+        kernel.process_weights_after_loading(layer)
+        x = torch.randn(8, k, generator=torch.Generator().manual_seed(1))
+        want = ReferenceCompressedTensorsLinear(tensors, {"num_bits": 8}, {"strategy": "token"})(x.double())
+        got = kernel.apply_weights(layer, x).double()
+        errors[kernel_cls.__name__] = float((got - want).abs().max() / want.abs().max())
+    assert errors["ModelSlimInt8ScaledMMLinearKernel"] < 1e-6, errors
+    assert errors["CPUInt8ScaledMMLinearKernel"] > 1e-4, errors
+
+
+@pytest.mark.parametrize("bits,group", [(4, 32), (4, -1), (8, -1)])
+@pytest.mark.parametrize("m", [1, 40])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_wna16_adapter_matches_reference(bits, group, m, dtype):
+    n, k = 128, 256
+    g = torch.Generator().manual_seed(bits * 100 + m)
+    half = 1 << (bits - 1)
+    signed = torch.randint(-half, half, (n, k), generator=g)
+    groups = 1 if group == -1 else k // group
+    scale = (torch.rand(n, groups, generator=g) * 0.02 + 0.001).to(dtype)
+    packed = pack_to_int32(signed.to(torch.int8), bits, packed_dim=1)
+    layer = torch.nn.Module()
+    layer.register_parameter(
+        "weight_packed",
+        PackedvLLMParameter(
+            data=packed.clone(), input_dim=1, output_dim=0, packed_dim=1, packed_factor=32 // bits,
+            weight_loader=_loader,
+        ),
+    )  # fmt: skip
+    scale_param = (
+        ChannelQuantScaleParameter(data=scale.clone(), output_dim=0, weight_loader=_loader)
+        if group == -1
+        else GroupQuantScaleParameter(data=scale.clone(), output_dim=0, input_dim=1, weight_loader=_loader)
+    )
+    layer.register_parameter("weight_scale", scale_param)
+    weight_type = scalar_types.uint4b8 if bits == 4 else scalar_types.uint8b128
+    config = MPLinearLayerConfig((k, n), (k, n), weight_type, dtype, group, zero_points=False)
+    assert ModelSlimWNA16LinearKernel.can_implement(config)[0]
+    kernel = ModelSlimWNA16LinearKernel(config, "weight_packed", "weight_scale", "weight_zero_point")
+    kernel.process_weights_after_loading(layer)
+    x = torch.randn(m, k, generator=g).to(dtype)
+    got = kernel.apply_weights(layer, x)
+    tensors = {"weight_packed": packed, "weight_scale": scale, "weight_shape": torch.tensor([n, k])}
+    want = ReferenceCompressedTensorsLinear(tensors, {"num_bits": bits}, None)(x.double())
+    tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=2e-2)
+    torch.testing.assert_close(got.double(), want, **tol)
