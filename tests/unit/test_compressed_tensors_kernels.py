@@ -151,3 +151,53 @@ def test_wna16_adapter_matches_reference(bits, group, m, dtype):
     want = ReferenceCompressedTensorsLinear(tensors, {"num_bits": bits}, None)(x.double())
     tol = dict(rtol=1e-5, atol=1e-4) if dtype == torch.float32 else dict(rtol=1.6e-2, atol=2e-2)
     torch.testing.assert_close(got.double(), want, **tol)
+
+
+TOKEN = dict(num_bits=8, strategy="token", dynamic=True)
+
+
+def _args(**kw):
+    from compressed_tensors.quantization import QuantizationArgs
+
+    return QuantizationArgs(**kw)
+
+
+@pytest.mark.parametrize(
+    "weights,activations,fmt,expected",
+    [
+        (dict(num_bits=8, strategy="channel"), TOKEN, "int-quantized", "W8A8_DYNAMIC"),
+        (dict(num_bits=4, strategy="group", group_size=32), None, "pack-quantized", "W4A16"),
+        (dict(num_bits=4, strategy="channel"), None, "pack-quantized", "W4A16"),
+        # vLLM keeps these (static activations, 8-bit weight-only, asymmetric, per-tensor weights).
+        (dict(num_bits=8, strategy="channel"), dict(num_bits=8, strategy="tensor"), "int-quantized", None),
+        (dict(num_bits=8, strategy="channel"), None, "pack-quantized", None),
+        (dict(num_bits=4, strategy="group", group_size=32, symmetric=False), None, "pack-quantized", None),
+        (dict(num_bits=8, strategy="tensor"), TOKEN, "int-quantized", None),
+    ],
+)  # fmt: skip
+def test_moe_quant_type_follows_the_spec_rules(weights, activations, fmt, expected):
+    from vllm_modelslim.compressed_tensors.moe_quant_type import moe_quant_type
+
+    scheme = {
+        "weights": _args(**weights),
+        "input_activations": None if activations is None else _args(**activations),
+        "format": fmt,
+    }
+    assert moe_quant_type(scheme) == expected
+    assert moe_quant_type(None) is None
+
+
+def test_compressed_tensors_name_resolves_to_the_cpu_config():
+    from vllm.model_executor.layers.quantization import get_quantization_config
+    from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tensors import (
+        CompressedTensorsConfig,
+    )
+
+    from vllm_modelslim.compressed_tensors import register_compressed_tensors_config
+    from vllm_modelslim.compressed_tensors.config import CompressedTensorsCpuConfig
+
+    assert register_compressed_tensors_config()
+    cls = get_quantization_config("compressed-tensors")
+    assert cls is CompressedTensorsCpuConfig and issubclass(cls, CompressedTensorsConfig)
+    # the vLLM hook the MoE path calls, as vLLM's own MoE path does
+    assert callable(getattr(cls, "_add_fused_moe_to_target_scheme_map", None))
