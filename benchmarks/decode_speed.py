@@ -5,6 +5,7 @@
     python benchmarks/decode_speed.py --model demo    # the trained demo model (hidden 256)
     python benchmarks/decode_speed.py --moe           # the tiny Qwen3-MoE and its checkpoints
     python benchmarks/decode_speed.py --recipes w8a8_dynamic w4a16 ...
+    python benchmarks/decode_speed.py --llmcompressor w8a8_dynamic w4a16_channel   # compressed-tensors
 
 The ``full`` and ``quick`` models are random-weight Qwen3s large enough that
 the GEMMs dominate (``benchmarks/speed_model.py``); every checkpoint is made
@@ -20,6 +21,12 @@ measures with greedy decoding and ``ignore_eos``:
 * peak RSS of the process (weights, KV cache of 256 MiB, runtime);
 * weight bytes: every parameter and buffer the engine's model holds after
   loading, embeddings and LM head excluded (so a kept float copy would show).
+
+``--llmcompressor SCHEME ...`` adds LLM-Compressor checkpoints of the same
+model (``examples/llmcompressor_runner.py``, cached), each run twice: with
+this plugin's kernels (``ct-<scheme>``: ``VLLM_MODELSLIM_CT_KERNELS=always``)
+and with vLLM's own CPU path (``ct-<scheme> vLLM``: ``=never``);
+an engine that does not start is reported with its error.
 
 Every speed is printed with its ratio to the best unquantized run (bf16 or
 fp32) of the same phase and to BF16, memory with its ratio to BF16, all
@@ -80,8 +87,11 @@ def timed_generate(llm, prompts: list[list[int]], max_tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def measure(folder: Path, quantization: str | None, dtype: str, args) -> dict[str, float]:
+def measure(
+    folder: Path, quantization: str | None, dtype: str, args, env: dict[str, str] | None = None
+) -> dict[str, float]:
     """Speeds and memory of one engine (run in a fresh process: peak RSS is per process)."""
+    os.environ.update(env or {})  # before vLLM loads the plugin in this process
     from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
 
     llm = make_llm(
@@ -111,10 +121,12 @@ def measure(folder: Path, quantization: str | None, dtype: str, args) -> dict[st
     return result
 
 
-def measure_in_subprocess(folder: Path, quantization: str | None, dtype: str, args) -> dict[str, float]:
+def measure_in_subprocess(
+    folder: Path, quantization: str | None, dtype: str, args, env: dict[str, str] | None = None
+) -> dict[str, float]:
     """:func:`measure` in a fresh spawned process."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(measure, folder, quantization, dtype, args).result()
+        return pool.submit(measure, folder, quantization, dtype, args, env).result()
 
 
 W8_TYPES = ("w8a8", "w8a16")
@@ -145,6 +157,12 @@ def main() -> None:
     parser.add_argument("--model", choices=("full", "quick", "demo"), default="full")
     parser.add_argument("--recipes", nargs="+", help="msmodelslim recipes (default: one per quant type)")
     parser.add_argument(
+        "--llmcompressor",
+        nargs="+",
+        default=[],
+        help="LLM-Compressor schemes to add (ours and vLLM's path); alone, no msmodelslim recipes run",
+    )
+    parser.add_argument(
         "--moe", action="store_true", help="the tiny Qwen3-MoE (upcycled from the demo model)"
     )
     parser.add_argument("--new-tokens", type=int, help="decode steps timed (default per model: 32/64/128)")
@@ -171,15 +189,30 @@ def main() -> None:
         model = cached_tiny_qwen3_moe(progress=print)
     else:
         model = demo_model_dir() if args.model == "demo" else build_speed_model(args.model)
-    if not args.recipes:
+    if args.llmcompressor and not args.recipes:
+        args.recipes = []
+    elif not args.recipes:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
         skip = ("asym", "c8", "mix", "m4")
         args.recipes = [n for n in fast if RECIPES[n].moe == args.moe and not any(s in n for s in skip)]
-    runs = [("BF16", model, None, "bfloat16"), ("FP32", model, None, "float32")]
-    runs += [(recipe, quantize(model, recipe), "ascend", "bfloat16") for recipe in args.recipes]
+    from vllm_modelslim.compressed_tensors import KERNELS_ENV
+    from vllm_modelslim.examples.llmcompressor_runner import quantize_with_llmcompressor
+
+    runs = [("BF16", model, None, "bfloat16", {}), ("FP32", model, None, "float32", {})]
+    runs += [(recipe, quantize(model, recipe), "ascend", "bfloat16", {}) for recipe in args.recipes]
+    for scheme in args.llmcompressor:
+        folder = quantize_with_llmcompressor(model, scheme)
+        runs += [
+            (f"ct-{scheme}", folder, None, "bfloat16", {KERNELS_ENV: "always"}),
+            (f"ct-{scheme} vLLM", folder, None, "bfloat16", {KERNELS_ENV: "never"}),
+        ]
     results = {}
-    for label, folder, quantization, dtype in runs:
-        results[label] = measure_in_subprocess(folder, quantization, dtype, args)
+    for label, folder, quantization, dtype, env in runs:
+        try:
+            results[label] = measure_in_subprocess(folder, quantization, dtype, args, env)
+        except Exception as error:  # e.g. vLLM's own path has no CPU kernel for this scheme
+            print(f"{label}: the engine did not run: {str(error).splitlines()[-1][:300]}", flush=True)
+            continue
         print(
             f"measured {label}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[label].items()), flush=True
         )
@@ -202,7 +235,7 @@ def main() -> None:
     print("speed: ratio to the best of BF16/FP32 for that phase and to BF16; memory: ratio to BF16")
     for label, values in results.items():
         if label not in ("BF16", "FP32"):
-            print(f"{label}: {targets(label, values, best, bf16)}")
+            print(f"{label}: {targets(label.removeprefix('ct-'), values, best, bf16)}")
 
 
 if __name__ == "__main__":

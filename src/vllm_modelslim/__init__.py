@@ -16,9 +16,10 @@ __version__ = "0.1.0"
 def register() -> None:
     """VLLM general-plugin hook: register the ``ascend``/``modelslim`` quantization methods.
 
-    It also puts this project's exact int8 / weight-only kernels first in
-    vLLM's CPU kernel lists, which serves LLM-Compressor (compressed-tensors)
-    checkpoints; vLLM detects those itself, no flag needed.
+    It also serves LLM-Compressor (compressed-tensors) checkpoints on CPU, which
+    vLLM detects itself (no flag): this project's exact int8 / weight-only
+    kernels go first in vLLM's CPU kernel lists (used where vLLM's own are
+    missing or inexact), and MoE experts run the ModelSlim MoE schemes.
 
     Safe to call more than once (vLLM calls it in every process it starts).
     """

@@ -10,6 +10,7 @@ reproduce the pure-torch reference's greedy tokens (rules of ``e2e_compare.py``)
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import pytest
@@ -24,10 +25,17 @@ from e2e_compare import (
 )
 
 from model_folders import layer_count
+from vllm_modelslim.compressed_tensors import KERNELS_ENV
+from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_op
 from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
+from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 
 INT8 = ("CompressedTensorsW8A8Int8", "ModelSlimInt8ScaledMMLinearKernel")
 WNA16 = ("CompressedTensorsWNA16", "ModelSlimWNA16LinearKernel")
+# ``auto``: vLLM's own CPU kernel where it is exact and present, ours elsewhere.
+VLLM_INT8_EXACT = cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm")
+AUTO_INT8 = (INT8[0], "CPUInt8ScaledMMLinearKernel" if VLLM_INT8_EXACT else INT8[1])
+AUTO_WNA16_BF16 = (WNA16[0], "CPUWNA16LinearKernel" if vllm_cpu_op("cpu_gemm_wna16") else WNA16[1])
 
 
 @dataclass(frozen=True)
@@ -37,12 +45,14 @@ class CtCase:
     linear: tuple[str, str]  # vLLM scheme, our kernel
     dtype: str = "float32"
     moe: bool = False
+    kernels: str = "always"  # VLLM_MODELSLIM_CT_KERNELS
 
     @property
     def id(self) -> str:
-        return "-".join([*(["moe"] if self.moe else []), self.scheme, self.dtype])
+        return "-".join([*(["moe"] if self.moe else []), self.scheme, self.dtype, self.kernels])
 
 
+# Our adapters everywhere ("always"), plus the default ("auto") selection twice;
 # bf16 for two schemes only, to keep CI short.
 CASES = [
     CtCase("w8a8_dynamic", "W8A8_DYNAMIC", INT8),
@@ -54,6 +64,8 @@ CASES = [
     CtCase("w8a16", "W8A16", WNA16),
     CtCase("w8a8_dynamic", "W8A8_DYNAMIC", INT8, moe=True),
     CtCase("w4a16", "W4A16", WNA16, moe=True),
+    CtCase("w8a8_dynamic", "W8A8_DYNAMIC", AUTO_INT8, kernels="auto"),
+    CtCase("w4a16", "W4A16", AUTO_WNA16_BF16, "bfloat16", moe=True, kernels="auto"),
 ]
 
 
@@ -61,9 +73,17 @@ CASES = [
 def engine(request, llmcompressor_checkpoint):
     case: CtCase = request.param
     folder = llmcompressor_checkpoint(case.scheme, moe=case.moe)
-    llm = make_llm(folder, quantization=None, dtype=case.dtype)
-    yield case, folder, llm
-    close_llm(llm)
+    previous = os.environ.get(KERNELS_ENV)
+    os.environ[KERNELS_ENV] = case.kernels  # read when each layer picks its kernel
+    try:
+        llm = make_llm(folder, quantization=None, dtype=case.dtype)
+        yield case, folder, llm
+        close_llm(llm)
+    finally:
+        if previous is None:
+            os.environ.pop(KERNELS_ENV, None)
+        else:
+            os.environ[KERNELS_ENV] = previous
 
 
 def describe_layers(model: torch.nn.Module) -> dict[str, tuple[str, ...]]:

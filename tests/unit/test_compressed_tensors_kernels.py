@@ -22,13 +22,20 @@ from vllm.model_executor.parameter import (
 from vllm.platforms import PlatformEnum
 from vllm.scalar_type import scalar_types
 
-from vllm_modelslim.compressed_tensors import register_cpu_linear_kernels
+from vllm_modelslim.compressed_tensors import KERNELS_ENV, kernel_mode, register_cpu_linear_kernels
 from vllm_modelslim.compressed_tensors.int8_linear_kernel import ModelSlimInt8ScaledMMLinearKernel
+from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_op
 from vllm_modelslim.compressed_tensors.wna16_linear_kernel import ModelSlimWNA16LinearKernel
 from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
 
 INT8_PARAMS = ["weight", "weight_scale", "input_scale", "input_zero_point", "azp_adj"]
+
+
+@pytest.fixture(autouse=True)
+def adapters_enabled(monkeypatch):
+    """The adapters under test run whatever vLLM's own kernels could do on this CPU."""
+    monkeypatch.setenv(KERNELS_ENV, "always")
 
 
 @pytest.fixture(autouse=True)
@@ -46,8 +53,8 @@ def _loader(*args, **kwargs):
 
 def test_adapters_come_first_in_vllms_cpu_kernel_lists():
     """Fails loudly when vLLM renames or restructures the kernel lists this project edits."""
-    assert register_cpu_linear_kernels()
-    assert register_cpu_linear_kernels()  # idempotent
+    register_cpu_linear_kernels()
+    register_cpu_linear_kernels()  # idempotent
     int8 = vllm_linear_kernels._POSSIBLE_INT8_KERNELS[PlatformEnum.CPU]
     mixed = vllm_linear_kernels._POSSIBLE_KERNELS[PlatformEnum.CPU]
     assert int8[0] is ModelSlimInt8ScaledMMLinearKernel and int8.count(ModelSlimInt8ScaledMMLinearKernel) == 1
@@ -75,6 +82,34 @@ def _int8_layer(widths, k, static, seed=0):
     if static:
         tensors["input_scale"] = input_scale.clone()
     return layer, tensors
+
+
+def test_kernel_mode_decides_per_layer(monkeypatch):
+    """``auto`` leaves a layer to vLLM where its CPU kernel is exact; ``never`` always; bad values fail."""
+    int8 = Int8ScaledMMLinearLayerConfig(
+        is_static_input_scheme=False, is_channelwise=True, input_symmetric=True
+    )
+    shape = ((256, 128), (256, 128))
+    int4 = MPLinearLayerConfig(*shape, scalar_types.uint4b8, torch.bfloat16, 32, zero_points=False)
+    int8_weight_only = MPLinearLayerConfig(
+        *shape, scalar_types.uint8b128, torch.bfloat16, -1, zero_points=False
+    )
+    assert ModelSlimInt8ScaledMMLinearKernel.is_supported()[0]
+    assert ModelSlimWNA16LinearKernel.can_implement(int4)[0]
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+    vllm_int8_exact = cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm")
+    assert ModelSlimInt8ScaledMMLinearKernel.is_supported()[0] is not vllm_int8_exact
+    assert ModelSlimWNA16LinearKernel.can_implement(int4)[0] is not vllm_cpu_op("cpu_gemm_wna16")
+    assert ModelSlimWNA16LinearKernel.can_implement(int8_weight_only)[0]  # vLLM's CPU kernel: int4 only
+    int4_fp32 = MPLinearLayerConfig(*shape, scalar_types.uint4b8, torch.float32, 32, zero_points=False)
+    assert ModelSlimWNA16LinearKernel.can_implement(int4_fp32)[0]  # vLLM's op: bf16/fp16 only
+    assert ModelSlimInt8ScaledMMLinearKernel.can_implement(int8)[0]
+    monkeypatch.setenv(KERNELS_ENV, "never")
+    assert not ModelSlimInt8ScaledMMLinearKernel.is_supported()[0]
+    assert not ModelSlimWNA16LinearKernel.can_implement(int8_weight_only)[0]
+    monkeypatch.setenv(KERNELS_ENV, "sometimes")
+    with pytest.raises(ValueError, match="VLLM_MODELSLIM_CT_KERNELS"):
+        kernel_mode()
 
 
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
@@ -196,7 +231,7 @@ def test_compressed_tensors_name_resolves_to_the_cpu_config():
     from vllm_modelslim.compressed_tensors import register_compressed_tensors_config
     from vllm_modelslim.compressed_tensors.config import CompressedTensorsCpuConfig
 
-    assert register_compressed_tensors_config()
+    register_compressed_tensors_config()
     cls = get_quantization_config("compressed-tensors")
     assert cls is CompressedTensorsCpuConfig and issubclass(cls, CompressedTensorsConfig)
     # the vLLM hook the MoE path calls, as vLLM's own MoE path does

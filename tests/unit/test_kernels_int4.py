@@ -42,7 +42,17 @@ def int4_case(m, n, k, group, zero_point, dtype, seed=0):
 @pytest.mark.parametrize("kernel", INT4_KERNELS, ids=lambda k: k.name)
 @pytest.mark.parametrize("m", [1, 7, 33])
 @pytest.mark.parametrize(
-    "n,k,group", [(64, 256, 64), (32, 96, 32), (48, 768, 128), (16, 64, 16), (16, 250, 50), (7, 13, 13)]
+    "n,k,group",
+    [
+        (64, 256, 64),
+        (32, 96, 32),
+        (48, 768, 128),
+        (16, 64, 16),
+        (16, 250, 50),
+        (7, 13, 13),
+        (64, 512, 512),
+        (64, 384, 96),
+    ],
 )
 @pytest.mark.parametrize("zero_point", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])

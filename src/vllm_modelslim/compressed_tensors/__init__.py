@@ -5,19 +5,21 @@ vLLM detects these checkpoints itself (``quantization_config.quant_method ==
 them with its ``CompressedTensorsConfig`` and creates and loads their
 parameters with its schemes. The schemes pick their GEMM from vLLM's
 per-platform kernel lists; :func:`register_cpu_linear_kernels` puts the
-adapters of this module first in the CPU lists, so that the forward runs the
-same exact kernels as the ModelSlim schemes (int32 accumulation, then the
-scales) on every CPU, where vLLM's own int8 path is inexact without VNNI and
-its int4 kernel is missing from AVX2 builds. MoE experts, for which vLLM
+adapters of this module first in the CPU lists, and they accept a layer
+where vLLM's own CPU kernel is missing or inexact (:data:`KERNELS_ENV`):
+its int8 path without VNNI/AMX, its int4 kernel in AVX2 builds. There the
+forward runs the same exact kernels as the ModelSlim schemes (int32
+accumulation, then the scales). MoE experts, for which vLLM
 has no CPU backend, go to the ModelSlim MoE schemes through
 :class:`~vllm_modelslim.compressed_tensors.config.CompressedTensorsCpuConfig`,
 registered under vLLM's own name ``compressed-tensors``.
 """
 
 from vllm_modelslim.compressed_tensors.kernel_registration import (
-    DISABLE_ENV,
+    KERNELS_ENV,
+    kernel_mode,
     register_compressed_tensors_config,
     register_cpu_linear_kernels,
 )
 
-__all__ = ["DISABLE_ENV", "register_compressed_tensors_config", "register_cpu_linear_kernels"]
+__all__ = ["KERNELS_ENV", "kernel_mode", "register_compressed_tensors_config", "register_cpu_linear_kernels"]

@@ -24,6 +24,7 @@ from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tenso
 )
 from vllm.platforms import current_platform
 
+from vllm_modelslim.compressed_tensors.kernel_registration import kernel_mode
 from vllm_modelslim.compressed_tensors.moe_quant_type import moe_quant_type
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
@@ -58,6 +59,8 @@ class CompressedTensorsCpuConfig(CompressedTensorsConfig):
         return super().get_quant_method(layer, prefix)
 
     def _cpu_moe_method(self, layer: RoutedExperts, prefix: str) -> QuantizeMethodBase | None:
+        if kernel_mode() == "never":
+            return None
         self._add_fused_moe_to_target_scheme_map()  # as vLLM's MoE path: "Linear" targets cover experts
         projections = (layer.ckpt_gate_proj_name, layer.ckpt_up_proj_name or "", layer.ckpt_down_proj_name)
         quant_types = {

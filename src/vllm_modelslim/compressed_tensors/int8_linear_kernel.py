@@ -25,7 +25,9 @@ from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import (
 )
 from vllm.platforms import current_platform
 
+from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode, vllm_cpu_op
 from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_static_per_tensor
+from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 from vllm_modelslim.schemes.base import apply_2d
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
 from vllm_modelslim.schemes.linear_method import free_checkpoint_weights
@@ -51,6 +53,10 @@ def per_channel_weight_scale(weight_scale: torch.Tensor, logical_widths: list[in
 class ModelSlimInt8ScaledMMLinearKernel(Int8ScaledMMLinearKernel):
     """CPU int8 W8A8 for vLLM's compressed-tensors (and other int8) schemes, exact in int32.
 
+    Chosen (``auto``) on CPUs without VNNI/AMX int8 dot products, where
+    vLLM's oneDNN int8 GEMM is inexact; with them vLLM's own kernel is exact
+    and was measured faster end to end (README), so it keeps the layer.
+
     Layer parameters read (vLLM's names): ``weight`` int8 ``[N, K]``,
     ``weight_scale`` float32 ``[N, 1]`` (channel) or ``[shards]`` (tensor),
     ``input_scale`` float32 ``[1]`` and ``input_zero_point`` int8 ``[1]``
@@ -62,6 +68,11 @@ class ModelSlimInt8ScaledMMLinearKernel(Int8ScaledMMLinearKernel):
     def is_supported(cls, compute_capability: int | None = None) -> tuple[bool, str | None]:
         if not current_platform.is_cpu():
             return False, "vllm-modelslim's int8 kernels replace vLLM's on CPU only"
+        mode = kernel_mode()
+        if mode == "never":
+            return False, f"{KERNELS_ENV}=never"
+        if mode == "auto" and cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm"):
+            return False, "vLLM's oneDNN int8 GEMM is exact on this CPU (VNNI/AMX int8 dot products)"
         return True, None
 
     @classmethod

@@ -13,17 +13,47 @@ from __future__ import annotations
 
 import os
 
-DISABLE_ENV = "VLLM_MODELSLIM_CT_KERNELS"
-"""Set to ``0`` to leave vLLM's own CPU kernels in charge (to compare against vLLM's default path)."""
+import torch
+
+KERNELS_ENV = "VLLM_MODELSLIM_CT_KERNELS"
+"""Which CPU kernels vLLM's compressed-tensors linear schemes run (read when each layer picks its kernel):
+
+* ``auto`` (default): this project's only where vLLM's own CPU kernel is
+  missing or inexact (int8: no VNNI/AMX int8 dot products; int4/int8
+  weight-only: no ``cpu_gemm_wna16`` op or a shape it cannot run);
+* ``always``: this project's wherever they can run (to compare, and in tests);
+* ``never``: vLLM's own (vLLM's default path; MoE experts then have no CPU method).
+"""
+KERNEL_MODES = ("auto", "always", "never")
 
 
-def register_cpu_linear_kernels() -> bool:
-    """Make vLLM's int8 and mixed-precision linear schemes use this project's kernels on CPU.
-
-    Idempotent. Returns False (and changes nothing) when :data:`DISABLE_ENV` is ``0``.
-    """
-    if os.environ.get(DISABLE_ENV, "1") == "0":
+def vllm_cpu_op(name: str) -> bool:
+    """Whether vLLM's compiled CPU extension has the op ``torch.ops._C.<name>``."""
+    try:
+        import vllm._custom_ops  # noqa: F401  (loads vLLM's compiled ops)
+    except ImportError:
         return False
+    return hasattr(torch.ops._C, name)
+
+
+def kernel_mode() -> str:
+    """The :data:`KERNELS_ENV` setting.
+
+    Raises:
+        ValueError: a value other than :data:`KERNEL_MODES`.
+    """
+    mode = os.environ.get(KERNELS_ENV, "auto").strip().lower()
+    if mode not in KERNEL_MODES:
+        raise ValueError(f"{KERNELS_ENV}={mode!r}: expected one of {', '.join(KERNEL_MODES)}")
+    return mode
+
+
+def register_cpu_linear_kernels() -> None:
+    """Put this project's int8 and mixed-precision linear kernels first in vLLM's CPU lists.
+
+    Idempotent. Whether they then run is decided per layer by their
+    ``is_supported`` / ``can_implement`` (:func:`kernel_mode`).
+    """
     import vllm.model_executor.kernels.linear as linear_kernels
     from vllm.platforms import PlatformEnum
 
@@ -40,21 +70,16 @@ def register_cpu_linear_kernels() -> bool:
         cpu_kernels = table[PlatformEnum.CPU]
         cpu_kernels.remove(kernel)
         cpu_kernels.insert(0, kernel)
-    return True
 
 
-def register_compressed_tensors_config() -> bool:
+def register_compressed_tensors_config() -> None:
     """Register :class:`CompressedTensorsCpuConfig` under vLLM's name ``compressed-tensors``.
 
     vLLM's ``register_quantization_config`` lets a plugin replace a built-in
-    method; detection from config.json is unchanged. Returns False (and
-    changes nothing) when :data:`DISABLE_ENV` is ``0``.
+    method; detection from config.json is unchanged.
     """
-    if os.environ.get(DISABLE_ENV, "1") == "0":
-        return False
     from vllm.model_executor.layers.quantization import register_quantization_config
 
     from vllm_modelslim.compressed_tensors.config import VLLM_NAME, CompressedTensorsCpuConfig
 
     register_quantization_config(VLLM_NAME)(CompressedTensorsCpuConfig)
-    return True

@@ -6,7 +6,9 @@ nibbles ``u`` packed by ``aten._convert_weight_to_int4pack_for_cpu``, with
 With ``u = q + 8`` and ``zero = −z·s`` that is ModelSlim's ``(q − z)·s``; the
 scales and zero points are rounded to the activation dtype (bf16: 8 bits), an
 error of the same order as bf16 activations. The op needs N % 16 == 0 and a
-group size of 32, 64, 128 or 256 (measured on torch 2.13 CPU). Measured at
+group size of 32, 64, 128 or 256 (measured on torch 2.13 CPU); a larger group
+that one of these divides (per-channel: g = K) repeats its scales and zero
+points over op groups, the same values. Measured at
 K = N = 4096, g = 128, 2 threads: see ``benchmarks/kernels.py``.
 
 Like the bf16 ``matmul`` on a CPU without native bf16, the op's cost grows
@@ -21,6 +23,8 @@ weight at load; if it differs (another torch), only the op is used.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
@@ -30,6 +34,11 @@ from vllm_modelslim.kernels.weight_only_int4.base import WeightOnlyInt4Config, W
 _GROUP_SIZES = (32, 64, 128, 256)
 _N_MULTIPLE = 16
 _PACK_BLOCK = 64
+
+
+def op_group_size(group_size: int) -> int | None:
+    """The largest group size the op takes that divides ``group_size``, or None."""
+    return next((g for g in reversed(_GROUP_SIZES) if group_size % g == 0), None)
 
 
 class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
@@ -48,8 +57,8 @@ class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
 
     @classmethod
     def can_implement(cls, config: WeightOnlyInt4Config) -> tuple[bool, str | None]:
-        if config.group_size not in _GROUP_SIZES:
-            return False, f"group size {config.group_size} not in {_GROUP_SIZES}"
+        if op_group_size(config.group_size) is None:
+            return False, f"group size {config.group_size} is not a multiple of one of {_GROUP_SIZES}"
         if config.out_features % _N_MULTIPLE:
             return False, f"N = {config.out_features} is not a multiple of {_N_MULTIPLE}"
         if config.act_dtype not in (torch.bfloat16, torch.float16, torch.float32):
@@ -57,6 +66,13 @@ class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
         return True, None
 
     def __init__(self, config, weight, weight_scale, zero_point):
+        op_group = op_group_size(config.group_size)
+        if op_group is not None and op_group != config.group_size:
+            repeats = config.group_size // op_group
+            weight_scale = weight_scale.reshape(config.out_features, -1).repeat_interleave(repeats, dim=1)
+            if zero_point is not None:
+                zero_point = zero_point.reshape(config.out_features, -1).repeat_interleave(repeats, dim=1)
+            config = replace(config, group_size=op_group)
         super().__init__(config, weight, weight_scale, zero_point)
         unsigned = (self.weight.to(torch.int32) + 8).contiguous()
         self.weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(unsigned, 1)
