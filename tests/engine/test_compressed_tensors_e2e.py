@@ -32,10 +32,9 @@ from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 
 INT8 = ("CompressedTensorsW8A8Int8", "ModelSlimInt8ScaledMMLinearKernel")
 WNA16 = ("CompressedTensorsWNA16", "ModelSlimWNA16LinearKernel")
-# ``auto``: vLLM's own CPU kernel where it is exact and present, ours elsewhere.
+# ``auto``: vLLM's oneDNN int8 GEMM where it is exact, ours elsewhere; ours for weight-only.
 VLLM_INT8_EXACT = cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm")
 AUTO_INT8 = (INT8[0], "CPUInt8ScaledMMLinearKernel" if VLLM_INT8_EXACT else INT8[1])
-AUTO_WNA16_BF16 = (WNA16[0], "CPUWNA16LinearKernel" if vllm_cpu_op("cpu_gemm_wna16") else WNA16[1])
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ CASES = [
     CtCase("w8a16", "W8A16", WNA16),
     CtCase("w8a8_dynamic", "W8A8_DYNAMIC", INT8, moe=True),
     CtCase("w8a8_dynamic", "W8A8_DYNAMIC", AUTO_INT8, kernels="auto"),
-    CtCase("w4a16", "W4A16", AUTO_WNA16_BF16, "bfloat16", moe=True, kernels="auto"),
+    CtCase("w4a16", "W4A16", WNA16, "bfloat16", moe=True, kernels="auto"),
 ]
 
 

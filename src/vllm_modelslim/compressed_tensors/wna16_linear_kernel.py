@@ -18,7 +18,6 @@ compressed-tensors'.
 from __future__ import annotations
 
 import torch
-from vllm.model_executor.kernels.linear.mixed_precision.cpu import CPUWNA16LinearKernel
 from vllm.model_executor.kernels.linear.mixed_precision.MPLinearKernel import (
     MPLinearKernel,
     MPLinearLayerConfig,
@@ -28,7 +27,7 @@ from vllm.model_executor.parameter import permute_param_layout_
 from vllm.platforms import current_platform
 from vllm.scalar_type import scalar_types
 
-from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode, vllm_cpu_op
+from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode
 from vllm_modelslim.kernels import make_weight_only_int4, make_weight_only_int8
 from vllm_modelslim.schemes.base import apply_2d
 from vllm_modelslim.schemes.linear_method import free_checkpoint_weights
@@ -41,26 +40,14 @@ SUPPORTED_WEIGHT_TYPES = (
 )
 
 
-def vllm_wna16_runs(c: MPLinearLayerConfig) -> bool:
-    """Whether vLLM's ``cpu_gemm_wna16`` runs this layer.
-
-    Its op exists, it accepts the config, and the activations are bf16/fp16
-    (vLLM-CPU 0.32's op raises "not implemented for 'Float'" at the first
-    forward; its ``can_implement`` does not check).
-    """
-    return (
-        c.act_type in (torch.bfloat16, torch.float16)
-        and vllm_cpu_op("cpu_gemm_wna16")
-        and CPUWNA16LinearKernel.can_implement(c)[0]
-    )
-
-
 class ModelSlimWNA16LinearKernel(MPLinearKernel):
     """CPU weight-only int4 / int8 linear for vLLM's mixed-precision schemes (compressed-tensors wNa16).
 
-    Chosen (``auto``) where vLLM's ``cpu_gemm_wna16`` cannot run the layer:
-    the op is missing (AVX2 builds), float32 activations, 8-bit weights,
-    group sizes or shapes it does not take.
+    Chosen (``auto``) for every layer it can run, ahead of vLLM's
+    ``cpu_gemm_wna16``: measured on the hidden-2048 benchmark model (bf16,
+    2 cores, AVX512) decode at batch 1 is 2.6× faster (16.2 against 6.3
+    tok/s; prefill 0.5×); vLLM's op is also missing from AVX2 builds and
+    fails for float32 activations ("not implemented for 'Float'").
 
     Layer parameters read: the packed weight (int32, 32/bits values per
     word), the scales ``[N, K/g]`` (``g = K`` per-channel) in the activation
@@ -75,11 +62,8 @@ class ModelSlimWNA16LinearKernel(MPLinearKernel):
     def can_implement(cls, c: MPLinearLayerConfig) -> tuple[bool, str | None]:
         if not current_platform.is_cpu():
             return False, "vllm-modelslim's weight-only kernels replace vLLM's on CPU only"
-        mode = kernel_mode()
-        if mode == "never":
+        if kernel_mode() == "never":
             return False, f"{KERNELS_ENV}=never"
-        if mode == "auto" and vllm_wna16_runs(c):
-            return False, "vLLM's cpu_gemm_wna16 kernel runs this layer"
         if c.weight_type not in SUPPORTED_WEIGHT_TYPES:
             return False, f"weight type {c.weight_type} is not int4/int8"
         in_features = c.partition_weight_shape[0]
