@@ -44,10 +44,11 @@ class ModelSlimWNA16LinearKernel(MPLinearKernel):
     """CPU weight-only int4 / int8 linear for vLLM's mixed-precision schemes (compressed-tensors wNa16).
 
     Chosen (``auto``) for every layer it can run, ahead of vLLM's
-    ``cpu_gemm_wna16``: measured on the hidden-2048 benchmark model (bf16,
-    2 cores, AVX512) decode at batch 1 is 2.6× faster (16.2 against 6.3
-    tok/s; prefill 0.5×); vLLM's op is also missing from AVX2 builds and
-    fails for float32 activations ("not implemented for 'Float'").
+    ``cpu_gemm_wna16``: on the hidden-2048 benchmark model (bf16, 2 cores,
+    AVX512) decode at batch 1 measured 2.6× faster (16.2 against 6.3 tok/s;
+    prefill 0.5×; a run disturbed by a stray process, see README); vLLM's op
+    is also missing from AVX2 builds and fails for float32 activations
+    ("not implemented for 'Float'").
 
     Layer parameters read: the packed weight (int32, 32/bits values per
     word), the scales ``[N, K/g]`` (``g = K`` per-channel) in the activation
