@@ -26,15 +26,16 @@ from e2e_compare import (
 
 from model_folders import layer_count
 from vllm_modelslim.compressed_tensors import KERNELS_ENV
-from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_op
+from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_int8_path
 from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
-from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 
 INT8 = ("CompressedTensorsW8A8Int8", "ModelSlimInt8ScaledMMLinearKernel")
 WNA16 = ("CompressedTensorsWNA16", "ModelSlimWNA16LinearKernel")
-# ``auto``: vLLM's oneDNN int8 GEMM where it is exact, ours elsewhere; ours for weight-only.
-VLLM_INT8_EXACT = cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm")
-AUTO_INT8 = (INT8[0], "CPUInt8ScaledMMLinearKernel" if VLLM_INT8_EXACT else INT8[1])
+# ``auto``: vLLM's own int8 kernel where it is exact for this layer and dtype (oneDNN with
+# VNNI/AMX; on AMX CPUs its SGL path only for bf16/fp16), ours elsewhere; ours for weight-only.
+# The auto case runs float32: on AMX CPUs vLLM's SGL path would fail there (issue 21).
+VLLM_INT8_EXACT_FP32, _ = vllm_cpu_int8_path(False, True, torch.float32)
+AUTO_INT8 = (INT8[0], "CPUInt8ScaledMMLinearKernel" if VLLM_INT8_EXACT_FP32 else INT8[1])
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ parameter classes and names); the weights are packed with compressed-tensors'
 own ``pack_to_int32``.
 """
 
+import contextlib
+
 import pytest
 import torch
 from compressed_tensors.compressors import pack_to_int32
@@ -24,7 +26,7 @@ from vllm.scalar_type import scalar_types
 
 from vllm_modelslim.compressed_tensors import KERNELS_ENV, kernel_mode, register_cpu_linear_kernels
 from vllm_modelslim.compressed_tensors.int8_linear_kernel import ModelSlimInt8ScaledMMLinearKernel
-from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_op
+from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_int8_path
 from vllm_modelslim.compressed_tensors.wna16_linear_kernel import ModelSlimWNA16LinearKernel
 from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
@@ -45,6 +47,17 @@ def single_rank(monkeypatch):
 
     monkeypatch.setattr(vllm_parameter, "get_tensor_model_parallel_rank", lambda: 0)
     monkeypatch.setattr(vllm_parameter, "get_tensor_model_parallel_world_size", lambda: 1)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    """torch's default dtype set as vLLM sets it to the model dtype while building a model."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def _loader(*args, **kwargs):
@@ -100,11 +113,15 @@ def test_kernel_mode_decides_per_layer(monkeypatch):
     assert ModelSlimInt8ScaledMMLinearKernel.is_supported()[0]
     assert ModelSlimWNA16LinearKernel.can_implement(int4)[0]
     monkeypatch.setenv(KERNELS_ENV, "auto")
-    vllm_int8_exact = cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm")
-    assert ModelSlimInt8ScaledMMLinearKernel.is_supported()[0] is not vllm_int8_exact
+    assert ModelSlimInt8ScaledMMLinearKernel.is_supported()[0]
+    for dtype in (torch.float32, torch.bfloat16):
+        with _default_dtype(dtype):
+            vllm_exact, why = vllm_cpu_int8_path(False, True, dtype)
+            ours, reason = ModelSlimInt8ScaledMMLinearKernel.can_implement(int8)
+        assert ours is not vllm_exact, (dtype, why)
+        assert ours or reason == why
     assert ModelSlimWNA16LinearKernel.can_implement(int4)[0]  # measured faster than cpu_gemm_wna16
     assert ModelSlimWNA16LinearKernel.can_implement(int8_weight_only)[0]
-    assert ModelSlimInt8ScaledMMLinearKernel.can_implement(int8)[0]
     monkeypatch.setenv(KERNELS_ENV, "never")
     assert not ModelSlimInt8ScaledMMLinearKernel.is_supported()[0]
     assert not ModelSlimWNA16LinearKernel.can_implement(int8_weight_only)[0]
@@ -149,6 +166,42 @@ def test_vllm_default_int8_path_is_inexact_without_int8_dot_products():
         errors[kernel_cls.__name__] = float((got - want).abs().max() / want.abs().max())
     assert errors["ModelSlimInt8ScaledMMLinearKernel"] < 1e-6, errors
     assert errors["CPUInt8ScaledMMLinearKernel"] > 1e-6, errors  # not exact (observed larger on AVX2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_vllm_int8_path_that_auto_keeps_is_exact(static, dtype):
+    """Where ``auto`` leaves a layer to vLLM's own int8 kernel, that kernel reproduces the reference.
+
+    On this CPU's path (oneDNN with VNNI; on AMX CPUs the SGL path for bf16
+    per-token activations): the int32 sums are exact, so the error is the
+    output rounding of ``dtype`` plus at most one activation quantization step
+    where vLLM's float32 scale puts ``x / s_x`` across a rounding boundary.
+    N = 160 and K = 256 are SGL-eligible shapes on AMX CPUs.
+    """
+    vllm_exact, why = vllm_cpu_int8_path(static, True, dtype)
+    if not vllm_exact:
+        pytest.skip(f"auto runs this project's kernel here: {why}")
+    widths, k = [96, 32, 32], 256
+    layer, tensors = _int8_layer(widths, k, static, seed=5)
+    config = Int8ScaledMMLinearLayerConfig(
+        is_static_input_scheme=static, is_channelwise=True, input_symmetric=True
+    )
+    with _default_dtype(dtype):
+        kernel = CPUInt8ScaledMMLinearKernel(config, INT8_PARAMS)
+        kernel.process_weights_after_loading(layer)
+    x = (torch.randn(24, k, generator=torch.Generator().manual_seed(2)) * 2).to(dtype)
+    got = kernel.apply_weights(layer, x).double()
+    activations = {"strategy": "tensor" if static else "token", "num_bits": 8}
+    want = ReferenceCompressedTensorsLinear(tensors, {"num_bits": 8}, activations)(x.double())
+    # one activation step moves an output by at most s_x · s_w[n] · 127 (|W| ≤ 127)
+    s_x = 0.05 if static else x.double().abs().amax(dim=1, keepdim=True) / 127
+    one_step = s_x * tensors["weight_scale"].double().reshape(1, -1) * 127
+    rounding = want.abs() * (2**-8 if dtype == torch.bfloat16 else 2**-20)
+    assert ((got - want).abs() <= one_step + rounding + 1e-6).all(), why
+    # and not a different computation: most outputs agree to the dtype's rounding
+    close = (got - want).abs() <= rounding + 1e-6
+    assert close.float().mean() > 0.9, why
 
 
 @pytest.mark.parametrize("bits,group", [(4, 32), (4, -1), (8, -1)])

@@ -25,9 +25,8 @@ from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import (
 )
 from vllm.platforms import current_platform
 
-from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode, vllm_cpu_op
+from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode, vllm_cpu_int8_path
 from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_static_per_tensor
-from vllm_modelslim.kernels.platform import cpu_has_int8_dot
 from vllm_modelslim.schemes.base import apply_2d
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
 from vllm_modelslim.schemes.linear_method import free_checkpoint_weights
@@ -53,9 +52,11 @@ def per_channel_weight_scale(weight_scale: torch.Tensor, logical_widths: list[in
 class ModelSlimInt8ScaledMMLinearKernel(Int8ScaledMMLinearKernel):
     """CPU int8 W8A8 for vLLM's compressed-tensors (and other int8) schemes, exact in int32.
 
-    Chosen (``auto``) on CPUs without VNNI/AMX int8 dot products, where
-    vLLM's oneDNN int8 GEMM is inexact; with them vLLM's own kernel is exact
-    and was measured faster end to end (README), so it keeps the layer.
+    Chosen (``auto``) where vLLM's own CPU kernel is inexact or would fail
+    (:func:`vllm_cpu_int8_path`: no VNNI/AMX int8 dot products; on AMX CPUs,
+    float32 activations or static symmetric scales, which vLLM's SGL path
+    cannot take); elsewhere vLLM's kernel is exact and was measured faster end
+    to end (README), so it keeps the layer.
 
     Layer parameters read (vLLM's names): ``weight`` int8 ``[N, K]``,
     ``weight_scale`` float32 ``[N, 1]`` (channel) or ``[shards]`` (tensor),
@@ -68,17 +69,21 @@ class ModelSlimInt8ScaledMMLinearKernel(Int8ScaledMMLinearKernel):
     def is_supported(cls, compute_capability: int | None = None) -> tuple[bool, str | None]:
         if not current_platform.is_cpu():
             return False, "vllm-modelslim's int8 kernels replace vLLM's on CPU only"
-        mode = kernel_mode()
-        if mode == "never":
+        if kernel_mode() == "never":
             return False, f"{KERNELS_ENV}=never"
-        if mode == "auto" and cpu_has_int8_dot() and vllm_cpu_op("onednn_scaled_mm"):
-            return False, "vLLM's oneDNN int8 GEMM is exact on this CPU (VNNI/AMX int8 dot products)"
         return True, None
 
     @classmethod
     def can_implement(cls, c: Int8ScaledMMLinearLayerConfig) -> tuple[bool, str | None]:
         if not c.is_static_input_scheme and not c.input_symmetric:
             return False, "per-token activation zero points are not implemented"
+        if kernel_mode() == "auto":
+            # Chosen while vLLM builds the model, under the model dtype as torch's default.
+            vllm_exact, why = vllm_cpu_int8_path(
+                c.is_static_input_scheme, c.input_symmetric, torch.get_default_dtype()
+            )
+            if vllm_exact:
+                return False, why
         return True, None
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
@@ -107,14 +112,4 @@ class ModelSlimInt8ScaledMMLinearKernel(Int8ScaledMMLinearKernel):
         scale, zero_point = self.input_scale, self.input_zero_point
         return apply_2d(
             x, lambda x2d: kernel(quantize_static_per_tensor(x2d, scale, zero_point), None, bias, x.dtype)
-        )
-
-    def _get_layer_params(self, layer: torch.nn.Module):
-        w, w_s, x_s, x_zp, azp_adj = self.layer_param_names
-        return (
-            getattr(layer, w),
-            getattr(layer, w_s),
-            getattr(layer, x_s, None),
-            getattr(layer, x_zp, None),
-            getattr(layer, azp_adj, None),
         )

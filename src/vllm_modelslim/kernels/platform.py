@@ -30,3 +30,12 @@ def cpu_has_int8_dot() -> bool:
     saturating paths, so kernel priorities change.
     """
     return any(flag in cpu_flags() for flag in INT8_DOT_CPU_FLAGS)
+
+
+def cpu_has_amx_tiles() -> bool:
+    """True when the CPU has AMX tiles (``amx_tile``; Sapphire Rapids and later).
+
+    vLLM-CPU then routes symmetric int8 GEMMs to its AMX (SGL) kernels, whose
+    accepted activation dtypes differ from its oneDNN path.
+    """
+    return "amx_tile" in cpu_flags()
