@@ -31,8 +31,11 @@ from vllm_modelslim.kernels import (
     quantize_static_per_tensor,
 )
 from vllm_modelslim.kernels.platform import cpu_flags, cpu_has_int8_dot
-from vllm_modelslim.kernels.weight_only_int4 import WEIGHT_ONLY_INT4_KERNELS, WeightOnlyInt4Config
-from vllm_modelslim.kernels.weight_only_int8 import WEIGHT_ONLY_INT8_KERNELS, WeightOnlyInt8Config
+from vllm_modelslim.kernels.weight_only import (
+    WEIGHT_ONLY_INT4_KERNELS,
+    WEIGHT_ONLY_INT8_KERNELS,
+    WeightOnlyConfig,
+)
 
 GROUP = 128
 UNQUANTIZED = (
@@ -76,12 +79,12 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
         ),
     }
     for kernel in WEIGHT_ONLY_INT8_KERNELS:
-        config = WeightOnlyInt8Config(k, n, torch.bfloat16, False)
+        config = WeightOnlyConfig(k, n, k, torch.bfloat16, bits=8)
         if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
             layer = make_weight_only_int8(w8, scale, None, torch.bfloat16, kernel=kernel)
             layers[f"W8A16 ({kernel.name})"] = lambda x, layer=layer: layer(x, None)
     for kernel in WEIGHT_ONLY_INT4_KERNELS:
-        config = WeightOnlyInt4Config(k, n, GROUP, torch.bfloat16, False)
+        config = WeightOnlyConfig(k, n, GROUP, torch.bfloat16, bits=4)
         if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
             layer = make_weight_only_int4(w4, group_scale, None, torch.bfloat16, kernel=kernel)
             layers[f"W4A16 g{GROUP} ({kernel.name})"] = lambda x, layer=layer: layer(x, None)

@@ -2,6 +2,15 @@
 
 import pytest
 import torch
+from kernel_bounds import (
+    assert_quantized,
+    assert_within,
+    dynamic_quant_value,
+    dynamic_scale_expectation,
+    kronecker_bound,
+    scaled_int8_mm_expectation,
+    weight_only_expectation,
+)
 
 from vllm_modelslim.kernels import (
     kronecker_transform,
@@ -15,12 +24,11 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
 )
-from vllm_modelslim.kernels.weight_only_int4 import (
+from vllm_modelslim.kernels.weight_only import (
     WEIGHT_ONLY_INT4_KERNELS,
     CpuInt4PackWeightOnlyInt4,
-    DequantMatmulWeightOnlyInt4,
-    WeightOnlyInt4Config,
-    dequantize_int4_weight,
+    DequantMatmulWeightOnly,
+    WeightOnlyConfig,
     make_weight_only_int4,
     weight_only_int4_reference,
 )
@@ -33,7 +41,13 @@ def int4_case(m, n, k, group, zero_point, dtype, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g).to(dtype)
     q = torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g)
-    scale = torch.rand(n, k // group, generator=g) * 0.05 + 1e-3
+    if dtype == torch.float32:
+        scale = torch.rand(n, k // group, generator=g) * 0.05 + 1e-3
+    else:
+        # 4 significant bits: (q − z)·s and z·s are exact in bf16/fp16, so only the kernels' own
+        # roundings remain in the bound (kernel_bounds) and a 1 % scale error exceeds it.
+        mantissa = 1 + torch.randint(0, 8, (n, k // group), generator=g).float() / 8
+        scale = mantissa * torch.exp2(-torch.randint(4, 8, (n, k // group), generator=g).float())
     zp = torch.randint(-4, 4, (n, k // group), generator=g).float() if zero_point else None
     bias = torch.randn(n, generator=g).to(dtype)
     return x, q, scale, zp, bias
@@ -57,26 +71,34 @@ def int4_case(m, n, k, group, zero_point, dtype, seed=0):
 @pytest.mark.parametrize("zero_point", [False, True])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_weight_only_int4_matches_reference(kernel, m, n, k, group, zero_point, dtype):
-    if not kernel.can_implement(WeightOnlyInt4Config(k, n, group, dtype, zero_point))[0]:
+    if not kernel.can_implement(WeightOnlyConfig(k, n, group, dtype, bits=4))[0]:
         pytest.skip(f"{kernel.name} cannot run this case")
     x, q, scale, zp, bias = int4_case(m, n, k, group, zero_point, dtype)
     got = make_weight_only_int4(q, scale, zp, dtype, kernel=kernel)(x, bias)
-    want = weight_only_int4_reference(x, q, scale, zp, bias, torch.float64)
-    magnitude = x.double().abs() @ dequantize_int4_weight(q, scale, zp).abs().T
-    # The int4pack kernel rounds scales/zeros to the activation dtype: a few ulps of the dot product.
-    bound = 8 * torch.finfo(dtype).eps * (magnitude + want.abs()) + 1e-30
-    assert got.dtype == dtype and bool(((got.double() - want).abs() <= bound).all())
+    assert got.dtype == dtype
+    exact, bound = weight_only_expectation("int4", kernel.name, x, q, scale, zp, bias)
+    torch.testing.assert_close(
+        weight_only_int4_reference(x, q, scale, zp, bias, torch.float64), exact, rtol=1e-12, atol=1e-12
+    )
+    assert_within(got, exact, bound)
+
+
+def test_int4pack_rounds_scales_to_the_activation_dtype_and_nothing_else():
+    """Arbitrary float32 scales: torch's op takes ``s`` and ``−z·s`` in bf16; its declared rounding."""
+    x, q, _, zp, bias = int4_case(3, 64, 256, 64, True, torch.bfloat16)
+    scale = torch.rand(64, 4, generator=torch.Generator().manual_seed(5)) * 0.05 + 1e-3
+    got = make_weight_only_int4(q, scale, zp, torch.bfloat16, kernel=CpuInt4PackWeightOnlyInt4)(x, bias)
+    exact, bound = weight_only_expectation("int4", "cpu_int4pack", x, q, scale, zp, bias)
+    assert_within(got, exact, bound)
 
 
 def test_int4_selection_and_constraints():
     x, q, scale, zp, _ = int4_case(1, 64, 256, 64, False, torch.bfloat16)
     assert isinstance(make_weight_only_int4(q, scale, zp, torch.bfloat16), CpuInt4PackWeightOnlyInt4)
     # N not a multiple of 16, or a group size torch's kernel lacks: the portable kernel.
-    assert isinstance(
-        make_weight_only_int4(q[:8], scale[:8], None, torch.bfloat16), DequantMatmulWeightOnlyInt4
-    )
+    assert isinstance(make_weight_only_int4(q[:8], scale[:8], None, torch.bfloat16), DequantMatmulWeightOnly)
     q2, s2 = torch.zeros(16, 48, dtype=torch.int8), torch.ones(16, 3)
-    assert isinstance(make_weight_only_int4(q2, s2, None, torch.bfloat16), DequantMatmulWeightOnlyInt4)
+    assert isinstance(make_weight_only_int4(q2, s2, None, torch.bfloat16), DequantMatmulWeightOnly)
     with pytest.raises(ValueError, match="do not fit"):
         make_weight_only_int4(q, torch.ones(64, 3), None, torch.bfloat16)  # 3 groups do not divide K = 256
 
@@ -94,16 +116,16 @@ def test_grouped_int8_gemm_matches_reference(kernel, m, n, k, groups):
     x_scale = torch.rand(m, generator=g) + 0.1
     scale = torch.rand(n, groups, generator=g) * 0.01 + 1e-3
     got = make_scaled_int8_mm(w_q, scale, kernel=kernel)(x_q, x_scale, None, torch.float32)
-    want = scaled_int8_mm_reference(x_q, x_scale, w_q, scale)
-    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6)
+    exact, bound = scaled_int8_mm_expectation(x_q, x_scale, w_q, scale)
+    torch.testing.assert_close(scaled_int8_mm_reference(x_q, x_scale, w_q, scale), exact, rtol=1e-12, atol=0)
+    assert_within(got, exact, bound)
     # Per group, not per channel: with equal group scales it equals the per-channel product.
-    flat = make_scaled_int8_mm(w_q, scale[:, :1].expand(n, groups).contiguous(), kernel=kernel)
-    torch.testing.assert_close(
-        flat(x_q, x_scale, None, torch.float64),
-        scaled_int8_mm_reference(x_q, x_scale, w_q, scale[:, 0]),
-        rtol=1e-6,
-        atol=1e-5,
-    )
+    equal_groups = scale[:, :1].expand(n, groups).contiguous()
+    flat = make_scaled_int8_mm(w_q, equal_groups, kernel=kernel)
+    exact, _ = scaled_int8_mm_expectation(x_q, x_scale, w_q, scale[:, 0])
+    exact_grouped, bound = scaled_int8_mm_expectation(x_q, x_scale, w_q, equal_groups)  # G fp32 partial sums
+    torch.testing.assert_close(exact_grouped, exact, rtol=1e-12, atol=0)
+    assert_within(flat(x_q, x_scale, None, torch.float64), exact, bound)
 
 
 def test_grouped_gemm_rejects_int_bias_and_bad_groups():
@@ -121,11 +143,22 @@ def test_int4_activation_quantization(dtype, clip):
     x = (torch.randn(17, 96) * 4).to(dtype)
     q, s = quantize_dynamic_per_token(x, bits=4, clip_ratio=clip)
     q_ref, s_ref = quantize_dynamic_per_token_reference(x, bits=4, clip_ratio=clip)
-    assert torch.equal(q, q_ref) and torch.equal(s, s_ref)
-    assert int(q.min()) >= -8 and int(q.max()) <= 7
-    if clip == 1.0:
+    # The scale: clip·max|x|/7 with two float32 roundings (fast: max·fl(clip/7); reference: one rounding).
+    exact_s, s_bound = dynamic_scale_expectation(x, 4, clip)
+    assert_within(s, exact_s, s_bound)
+    assert_within(s_ref, exact_s, s_bound)
+    # q = round(x/s) of the kernel's own scale, one fp32 division away from exact.
+    assert_quantized(q, *dynamic_quant_value(x, s), low=-8, high=7)
+    if clip == 1.0:  # max|x|/7 is one division in both: the same float32 scale, the same bits
+        assert torch.equal(s, s_ref) and torch.equal(q, q_ref)
         assert torch.equal(q.abs().amax(dim=-1), torch.full((17,), 7, dtype=torch.int8))
-    torch.testing.assert_close(s, x.float().abs().amax(dim=-1) * clip / 7, rtol=1e-6, atol=0)
+    else:  # the two scales may differ by an ulp: q only where x/s is that close to a tie
+        assert_quantized(q_ref, *dynamic_quant_value(x, s_ref), low=-8, high=7)
+        value, slack = dynamic_quant_value(x, s_ref)
+        assert_quantized(
+            q, value, slack + 2 * s_bound.unsqueeze(-1) / exact_s.unsqueeze(-1) * value.abs(), -8, 7
+        )
+    assert int(q.min()) >= -8 and int(q.max()) <= 7
 
 
 def test_int4_activation_saturates_and_handles_zero_rows():
@@ -146,7 +179,8 @@ def test_kronecker_transform_matches_full_kronecker_product(left, right):
     r_mat = torch.randn(right, right) if right else None
     got = kronecker_transform(x, l_mat, r_mat)
     want = kronecker_transform_reference(x, l_mat, r_mat)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert got.dtype == torch.float32 and want.dtype == torch.float64
+    assert_within(got, want, kronecker_bound(x, l_mat, r_mat))
 
 
 def test_kronecker_transform_is_l_transpose_x_r():

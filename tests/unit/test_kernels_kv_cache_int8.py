@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from kernel_bounds import assert_quantized, assert_within, kv_dequant_expectation, kv_quant_value
 
 from vllm_modelslim.kernels.kv_cache_int8 import (
     Int8KVCacheParams,
@@ -9,7 +10,7 @@ from vllm_modelslim.kernels.kv_cache_int8 import (
     dequantize_kv_int8,
     quantize_kv_int8,
 )
-from vllm_modelslim.schemes.attention import C8KVCacheMethod
+from vllm_modelslim.schemes.attention import channel_quant
 
 
 def params(heads: int = 2, dim: int = 4, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -30,6 +31,10 @@ def test_quantize_is_round_of_x_over_scale_plus_offset_per_channel():
     expected = [[[one(t, h, d) for d in range(4)] for h in range(2)] for t in range(5)]
     assert q.dtype == torch.int8
     assert q.tolist() == expected  # Python's round() is half-to-even, as torch.round
+    # The shared comparison (kernel_bounds), on more values: exact x/s + o, fp32 division and sum.
+    x = torch.randn(64, 2, 4) * 2
+    value, slack = kv_quant_value(x, scale, offset)
+    assert_quantized(quantize_kv_int8(x, scale, offset), value, slack)
 
 
 def test_quantize_rounds_ties_to_even_and_clamps_to_int8():
@@ -45,6 +50,11 @@ def test_dequantize_subtracts_the_offset_then_scales():
     out = dequantize_kv_int8(q, scale, offset, torch.bfloat16)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, ((q.float() - offset) * scale).to(torch.bfloat16))
+    assert_within(out, *kv_dequant_expectation(q, scale, offset, torch.bfloat16))
+    assert_within(
+        dequantize_kv_int8(q, scale, offset, torch.float32),
+        *kv_dequant_expectation(q, scale, offset, torch.float32),
+    )
 
 
 def test_round_trip_error_is_at_most_half_a_step_inside_the_range():
@@ -71,7 +81,7 @@ def test_joint_parameters_put_keys_then_values_side_by_side():
 def test_c8_scheme_dequantizes_with_the_offset():
     """The one place the C8 rule is chosen: reads return (q − offset)·scale (ModelSlim), not q·scale."""
     scale, offset = params()
-    quant = C8KVCacheMethod._channel_quant(scale, offset)
+    quant = channel_quant(scale, offset)
     assert torch.equal(quant.dequant_offset, offset)
     x = (torch.rand(16, 2, 4) * 100 - 50 - offset) * scale
     assert bool(((quant.round_trip(x) - x).abs() <= scale / 2 + 1e-6).all())
@@ -108,7 +118,7 @@ class _Backend:
 def test_other_backends_store_the_round_tripped_values_in_the_model_dtype():
     from types import SimpleNamespace
 
-    from vllm_modelslim.kernels.int8_kv_attention import ROUND_TRIP, enable_int8_kv_cache
+    from vllm_modelslim.plugin.int8_kv_attention import ROUND_TRIP, enable_int8_kv_cache
 
     (ks, ko), (vs, vo) = params(seed=3), params(seed=4)
     kv = Int8KVCacheParams(KVChannelQuant(ks, ko, ko), KVChannelQuant(vs, vo, vo))
@@ -125,7 +135,7 @@ def test_other_backends_store_the_round_tripped_values_in_the_model_dtype():
 def test_backends_that_write_inside_forward_are_refused():
     from types import SimpleNamespace
 
-    from vllm_modelslim.kernels.int8_kv_attention import enable_int8_kv_cache
+    from vllm_modelslim.plugin.int8_kv_attention import enable_int8_kv_cache
 
     class FusedWrite(_Backend):
         forward_includes_kv_cache_update = True

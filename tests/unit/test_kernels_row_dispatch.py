@@ -2,16 +2,18 @@
 
 import pytest
 import torch
+from kernel_bounds import assert_within, weight_only_expectation
 
 from vllm_modelslim.kernels import float_gemm
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
-from vllm_modelslim.kernels.weight_only_int4 import (
+from vllm_modelslim.kernels.weight_only import (
     CpuInt4PackWeightOnlyInt4,
+    Int8PackWeightOnlyInt8,
     dequantize_int4_weight,
     make_weight_only_int4,
+    make_weight_only_int8,
     weight_only_int4_reference,
 )
-from vllm_modelslim.kernels.weight_only_int8 import Int8PackWeightOnlyInt8, make_weight_only_int8
 
 needs_int4pack = pytest.mark.skipif(
     not CpuInt4PackWeightOnlyInt4.is_supported("cpu")[0], reason="no CPU int4pack op in this torch"
@@ -84,10 +86,10 @@ def test_int4_many_rows_with_several_blocks_matches_reference():
     kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16)
     got = kernel(x, bias)
     want = weight_only_int4_reference(x, q, scale, zp, bias, torch.float64)
-    magnitude = x.double().abs() @ dequantize_int4_weight(q, scale, zp).abs().T
-    # float32 accumulation, one bf16 rounding of the output
-    bound = 2 * torch.finfo(torch.bfloat16).eps * (magnitude + want.abs())
-    assert bool(((got.double() - want).abs() <= bound).all())
+    # float32 GEMM with float32 scales, one bf16 rounding of the output: the reference's bound (kernel_bounds)
+    exact, bound = weight_only_expectation("int4", "reference", x, q, scale, zp, bias)
+    torch.testing.assert_close(want, exact, rtol=1e-12, atol=1e-12)
+    assert_within(got, exact, bound)
 
 
 class _PathRecorder:

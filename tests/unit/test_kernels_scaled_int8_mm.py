@@ -2,6 +2,7 @@ import gc
 
 import pytest
 import torch
+from kernel_bounds import assert_within, scaled_int8_mm_expectation
 
 from vllm_modelslim.kernels.scaled_int8_mm import (
     SCALED_INT8_MM_KERNELS,
@@ -47,8 +48,10 @@ def test_matches_float64_reference(kernel, m, k, n, per_token, with_int_bias):
     got = mm(x_q, x_scale, bias, torch.float32)
     want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias)
     assert got.shape == (m, n) and got.dtype == torch.float32
-    # Exact int32 accumulation; only the fp32 epilogue rounds.
-    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
+    # Exact int32 accumulation; only the fp32 epilogue rounds (kernel_bounds).
+    exact, bound = scaled_int8_mm_expectation(x_q, x_scale, w_q, w_scale, int_bias, bias)
+    torch.testing.assert_close(want, exact, rtol=1e-12, atol=0)
+    assert_within(got, exact, bound)
 
 
 @pytest.mark.parametrize("kernel", CPU_KERNELS, ids=lambda k: k.name)
@@ -70,11 +73,12 @@ def test_low_precision_outputs_round_once(kernel, out_dtype):
     int_bias = int_bias if kernel.can_implement(ScaledInt8MMConfig(256, 32, has_int_bias=True))[0] else None
     mm = make_scaled_int8_mm(w_q, w_scale, int_bias, kernel=kernel)
     got = mm(x_q, x_scale, bias.to(out_dtype), out_dtype)
-    want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias.to(out_dtype))
     assert got.dtype == out_dtype
-    # One rounding to the output dtype: at most one ulp away from the exact value.
-    ulp = torch.finfo(out_dtype).eps * want.abs().clamp(min=torch.finfo(out_dtype).tiny)
-    assert bool(((got.double() - want).abs() <= ulp).all())
+    # One rounding to the output dtype after the fp32 epilogue.
+    exact, bound = scaled_int8_mm_expectation(
+        x_q, x_scale, w_q, w_scale, int_bias, bias.to(out_dtype), out_dtype
+    )
+    assert_within(got, exact, bound)
 
 
 def test_int_mm_refuses_k_of_one_and_selection_falls_back():
@@ -132,5 +136,4 @@ def test_cuda_int_mm_matches_reference(m):
     x_q, w_q, x_scale, w_scale, int_bias, bias = random_case(m, 256, 64)
     mm = make_scaled_int8_mm(w_q.cuda(), w_scale.cuda(), int_bias.cuda())
     got = mm(x_q.cuda(), x_scale.cuda(), bias.cuda(), torch.float32).cpu()
-    want = scaled_int8_mm_reference(x_q, x_scale, w_q, w_scale, int_bias, bias)
-    torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=1e-6)
+    assert_within(got, *scaled_int8_mm_expectation(x_q, x_scale, w_q, w_scale, int_bias, bias))

@@ -19,16 +19,14 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
 )
-from vllm_modelslim.kernels.weight_only_int4 import (
+from vllm_modelslim.kernels.weight_only import (
     WeightOnlyInt4Kernel,
-    dequantize_int4_weight,
-    make_weight_only_int4,
-    weight_only_int4_reference,
-)
-from vllm_modelslim.kernels.weight_only_int8 import (
     WeightOnlyInt8Kernel,
+    dequantize_int4_weight,
     dequantize_int8_weight,
+    make_weight_only_int4,
     make_weight_only_int8,
+    weight_only_int4_reference,
     weight_only_int8_reference,
 )
 

@@ -11,6 +11,8 @@ the arithmetic, not only the formula, defines it (see ``activation_quant``).
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 
@@ -43,12 +45,29 @@ def kronecker_transform(
 def kronecker_transform_reference(
     x: torch.Tensor, left: torch.Tensor | None, right: torch.Tensor | None
 ) -> torch.Tensor:
-    """Oracle: ``x · (L ⊗ R)`` with the full Kronecker product, in float32."""
+    """Oracle: ``x · (L ⊗ R)`` with the explicit Kronecker product, in float64.
+
+    Spec §0 (``npu_kronecker_quant``: ``X'' = P1ᵀ·X·P2`` per token, see ERRATA 6)
+    and §4.6: for a row-major flattened ``X`` ``[l, r]`` that is
+    ``x'' = x · kron(L, R)``. The ``[K, K]`` matrix is built here in float64
+    (an absent factor is the identity of the size that makes ``l·r = K``), so
+    the result carries float64 rounding only.
+
+    Args:
+        x: activations ``[M, K]``, any float dtype.
+        left: ``L`` ``[l, l]`` or None (identity).
+        right: ``R`` ``[r, r]`` or None (identity).
+
+    Returns:
+        float64 ``[M, K]``.
+    """
     k = x.shape[-1]
-    l_mat = left.to(torch.float32) if left is not None else None
-    r_mat = right.to(torch.float32) if right is not None else None
-    if l_mat is None:
-        l_mat = torch.eye(k // r_mat.shape[0]) if r_mat is not None else torch.eye(1)
-    if r_mat is None:
-        r_mat = torch.eye(k // l_mat.shape[0])
-    return x.to(torch.float32) @ torch.kron(l_mat, r_mat)
+    l_size = left.shape[0] if left is not None else k // right.shape[0]
+    r_size = right.shape[0] if right is not None else k // l_size
+    eye = partial(torch.eye, dtype=torch.float64)
+    l_mat = left.to(torch.float64) if left is not None else eye(l_size)
+    r_mat = right.to(torch.float64) if right is not None else eye(r_size)
+    full = torch.kron(l_mat, r_mat)
+    if full.shape != (k, k):
+        raise ValueError(f"transform sizes {l_size}×{r_size} do not match K = {k}")
+    return x.to(torch.float64) @ full

@@ -24,7 +24,7 @@ from vllm_modelslim.kernels import (
     quantize_static_per_tensor_reference,
     scaled_int8_mm_reference,
 )
-from vllm_modelslim.kernels.weight_only_reference import weight_only_reference
+from vllm_modelslim.kernels.weight_only.reference import weight_only_reference
 
 
 def unpack_pack_quantized(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:

@@ -96,7 +96,7 @@ class ReferenceModel:
         unexpected = [k for k in unexpected if not k.endswith("position_ids")]  # a buffer old BERTs saved
         if missing or unexpected:
             raise ValueError(f"checkpoint/model mismatch: missing {missing[:5]}, unexpected {unexpected[:5]}")
-        self.biased_norms = self._add_norm_biases(norm_biases)
+        self._add_norm_biases(norm_biases)
 
     @staticmethod
     def _description(model_dir: Path) -> QuantDescription | None:
@@ -203,17 +203,12 @@ class ReferenceModel:
             replaced[name] = f"compressed-tensors {group_name}"
         return replaced
 
-    def _add_norm_biases(self, norm_biases: dict[str, torch.Tensor]) -> list[str]:
+    def _add_norm_biases(self, norm_biases: dict[str, torch.Tensor]) -> None:
         """Wrap each norm that has a ``<norm>.bias`` tensor: ``y = norm(x) + bias`` (spec §4.10)."""
-        wrapped = []
         for name, bias in norm_biases.items():
-            module_name = name[: -len(".bias")]
-            parent_name, _, child = module_name.rpartition(".")
+            parent_name, _, child = name[: -len(".bias")].rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
-            norm = getattr(parent, child)
-            setattr(parent, child, _BiasedNorm(norm, bias.to(self.dtype)))
-            wrapped.append(module_name)
-        return wrapped
+            setattr(parent, child, _BiasedNorm(getattr(parent, child), bias.to(self.dtype)))
 
     @torch.no_grad()
     def logits(self, token_ids: list[int]) -> torch.Tensor:

@@ -11,13 +11,13 @@ from vllm_modelslim.kernels.scaled_int8_mm.reference import (
 )
 from vllm_modelslim.kernels.scaled_int8_mm.torch_int_mm import TorchIntMMScaledInt8MM
 from vllm_modelslim.kernels.scaled_int8_mm.vllm_onednn import VllmOnednnScaledInt8MM
-from vllm_modelslim.kernels.selection import choose_kernel
+from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 
-SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = [
+SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = priority_list(
     VllmOnednnScaledInt8MM,
     TorchIntMMScaledInt8MM,
     ReferenceScaledInt8MM,
-]
+)
 """Priority order; the reference kernel always qualifies."""
 
 
@@ -26,6 +26,7 @@ def make_scaled_int8_mm(
     weight_scale: torch.Tensor,
     int_bias: torch.Tensor | None = None,
     kernel: type[ScaledInt8MMKernel] | None = None,
+    label: str | None = None,
 ) -> ScaledInt8MMKernel:
     """Build the best kernel for an int8 (or int4-valued) weight ``[N, K]``.
 
@@ -35,8 +36,10 @@ def make_scaled_int8_mm(
             or ``deq_scale``), or per-group ``[N, G]`` with ``G > 1`` dividing K.
         int_bias: optional int32 ``[N]`` added to the accumulator (per-channel only).
         kernel: force a kernel class instead of selecting one.
+        label: what the layer is (e.g. a scheme's quant type), for the selection log line.
 
     Raises:
+        ValueError: the scale groups do not divide K, or ``VLLM_MODELSLIM_DISABLED_KERNELS`` is invalid.
         RuntimeError: a forced ``kernel`` cannot run this shape on this device.
     """
     in_features = weight.shape[1]
@@ -50,7 +53,11 @@ def make_scaled_int8_mm(
         group_size=in_features // groups if groups > 1 else 0,
         has_int_bias=int_bias is not None,
     )
-    cls = choose_kernel([kernel] if kernel else SCALED_INT8_MM_KERNELS, config)
+    scales = "per-group" if config.group_size else "per-channel"
+    purpose = f"scaled int8 GEMM, {scales} scales" + (", int32 bias" if int_bias is not None else "")
+    cls = choose_kernel(
+        SCALED_INT8_MM_KERNELS, config, f"{label} ({purpose})" if label else purpose, forced=kernel
+    )
     return cls(config, weight, weight_scale, int_bias)
 
 

@@ -29,7 +29,7 @@ import torch
 
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
 from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM, RowDispatchMixin
-from vllm_modelslim.kernels.weight_only_int4.base import WeightOnlyInt4Config, WeightOnlyInt4Kernel
+from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel
 
 _GROUP_SIZES = (32, 64, 128, 256)
 _N_MULTIPLE = 16
@@ -41,7 +41,7 @@ def op_group_size(group_size: int) -> int | None:
     return next((g for g in reversed(_GROUP_SIZES) if group_size % g == 0), None)
 
 
-class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
+class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyKernel):
     """``aten._weight_int4pack_mm_for_cpu`` (few rows) / float32 GEMM (many rows) kernel (CPU)."""
 
     name = "cpu_int4pack"
@@ -56,7 +56,9 @@ class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyInt4Kernel):
         return True, None
 
     @classmethod
-    def can_implement(cls, config: WeightOnlyInt4Config) -> tuple[bool, str | None]:
+    def can_implement(cls, config: WeightOnlyConfig) -> tuple[bool, str | None]:
+        if config.bits != 4:
+            return False, f"packs 4-bit values, not {config.bits}-bit ones"
         if op_group_size(config.group_size) is None:
             return False, f"group size {config.group_size} is not a multiple of one of {_GROUP_SIZES}"
         if config.out_features % _N_MULTIPLE:

@@ -25,13 +25,16 @@ import torch.nn.functional as F
 
 from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
 from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM, RowDispatchMixin
-from vllm_modelslim.kernels.weight_only_int8.base import WeightOnlyInt8Config, WeightOnlyInt8Kernel
+from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel
 
 _K_MULTIPLE = 16
 
 
-class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyInt8Kernel):
-    """``aten._weight_int8pack_mm`` (few rows) / float32 GEMM (many rows) kernel (CPU, bf16/fp16 x)."""
+class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyKernel):
+    """``aten._weight_int8pack_mm`` (few rows) / float32 GEMM (many rows) kernel (CPU, bf16/fp16 x).
+
+    Per-channel scales only; it keeps them, and the zero points, as ``[N]`` vectors.
+    """
 
     name = "cpu_int8pack"
     many_rows_from = MANY_ROWS_FROM
@@ -45,13 +48,18 @@ class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyInt8Kernel):
         return True, None
 
     @classmethod
-    def can_implement(cls, config: WeightOnlyInt8Config) -> tuple[bool, str | None]:
+    def can_implement(cls, config: WeightOnlyConfig) -> tuple[bool, str | None]:
+        if not config.per_channel:
+            return False, "per-group scales are not supported"
         if config.act_dtype not in (torch.bfloat16, torch.float16):
             return False, f"slow for {config.act_dtype} activations"
         return True, None
 
     def __init__(self, config, weight, weight_scale, zero_point):
         super().__init__(config, weight, weight_scale, zero_point)
+        self.weight_scale = self.weight_scale.reshape(-1)  # [N, 1] -> [N]
+        if self.zero_point is not None:
+            self.zero_point = self.zero_point.reshape(-1)
         self.k_pad = (-weight.shape[1]) % _K_MULTIPLE
         if self.k_pad:
             self.weight = F.pad(self.weight, (0, self.k_pad)).contiguous()
