@@ -16,21 +16,34 @@ __version__ = "0.1.0"
 def register() -> None:
     """VLLM general-plugin hook: register the ``ascend``/``modelslim`` quantization methods.
 
-    It also serves LLM-Compressor (compressed-tensors) checkpoints on CPU, which
+    On CPU it also serves LLM-Compressor (compressed-tensors) checkpoints, which
     vLLM detects itself (no flag): this project's exact int8 / weight-only
-    kernels go first in vLLM's CPU kernel lists (used where vLLM's own are
-    missing or inexact), and MoE experts run the ModelSlim MoE schemes.
+    kernels go first in vLLM's CPU kernel lists (each layer still takes vLLM's
+    own where that is exact), and MoE experts run the ModelSlim MoE schemes.
 
-    Safe to call more than once (vLLM calls it in every process it starts).
+    Never raises: vLLM calls it in every process it starts, for every model. An
+    unsupported vLLM version or an import error against the installed vLLM is
+    logged once (naming the supported range) and ``--quantization ascend`` then
+    fails with that message (:mod:`vllm_modelslim.plugin.compatibility`).
+    Safe to call more than once.
     """
-    from vllm_modelslim.compressed_tensors import (
-        register_compressed_tensors_config,
-        register_cpu_linear_kernels,
+    from vllm_modelslim.plugin.compatibility import (
+        QUANTIZATION_METHOD_NAMES,
+        logger,
+        register_unavailable,
+        unavailable_message,
+        vllm_version_problem,
     )
-    from vllm_modelslim.format.quant_config import register_quantization_methods
-    from vllm_modelslim.schemes.norm_bias import register_rms_norm_bias
 
-    register_quantization_methods()
-    register_rms_norm_bias()
-    register_cpu_linear_kernels()
-    register_compressed_tensors_config()
+    try:
+        problem = vllm_version_problem()
+        if problem is None:
+            from vllm_modelslim.plugin.registration import register_plugin
+
+            register_plugin()
+            return
+    except Exception as exc:  # noqa: BLE001 - must not stop vLLM for unrelated models
+        problem = f"it failed to load against the installed vLLM ({type(exc).__name__}: {exc})"
+    message = unavailable_message(problem)
+    logger.error(message)
+    register_unavailable(QUANTIZATION_METHOD_NAMES, message)

@@ -8,7 +8,6 @@ from model_folders import layer_count
 from vllm_modelslim.format import load_description
 from vllm_modelslim.format.kv_cache_c8 import C8_TENSORS, c8_attention_prefixes
 from vllm_modelslim.kernels.kv_cache_int8 import dequantize_kv_int8, quantize_kv_int8
-from vllm_modelslim.schemes.attention import C8_DEQUANTIZE_SUBTRACTS_OFFSET
 
 KV_CHANNELS = 2 * 64  # the demo model: 2 KV heads of 64
 
@@ -75,4 +74,3 @@ def test_asymmetric_kv_offset_is_a_zero_point_to_subtract(quantized, demo_model)
         # text's): (q − o)·s measured 4-6 % error here, q·s 30-40 %.
         assert subtract < 0.1
         assert ignore > 4 * subtract
-    assert C8_DEQUANTIZE_SUBTRACTS_OFFSET

@@ -79,7 +79,7 @@ def start_engine(case: Case, folder, tmp_path_factory):
     """An in-process vLLM engine for ``case`` (a KV-consumer one for ``kv_consumer`` cases)."""
     extra: dict = {}
     if case.kv_cache_storage:
-        from vllm_modelslim.format.quant_config import KV_CACHE_STORAGE_OPTION
+        from vllm_modelslim.plugin.quant_config import KV_CACHE_STORAGE_OPTION
 
         extra["additional_config"] = {KV_CACHE_STORAGE_OPTION: case.kv_cache_storage}
     if case.kv_consumer:

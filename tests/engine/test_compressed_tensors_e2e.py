@@ -25,9 +25,9 @@ from e2e_compare import (
 )
 
 from model_folders import layer_count
-from vllm_modelslim.compressed_tensors import KERNELS_ENV
-from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_int8_path
 from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
+from vllm_modelslim.plugin.compressed_tensors import KERNELS_ENV
+from vllm_modelslim.plugin.compressed_tensors.kernel_choice import vllm_cpu_int8_path
 
 INT8 = ("CompressedTensorsW8A8Int8", "ModelSlimInt8ScaledMMLinearKernel")
 WNA16 = ("CompressedTensorsWNA16", "ModelSlimWNA16LinearKernel")

@@ -20,7 +20,7 @@ def test_vllm_loads_the_plugin_and_knows_both_names():
     from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS, get_quantization_config
     from vllm.plugins import load_general_plugins
 
-    from vllm_modelslim.format.quant_config import AscendModelSlimConfig
+    from vllm_modelslim.plugin.quant_config import AscendModelSlimConfig
 
     load_general_plugins()
     for name in ("ascend", "modelslim"):
@@ -36,3 +36,43 @@ def test_modelslim_alias_gives_the_same_tokens(quantized):
         results[name] = [g.token_ids for g in greedy_generate(llm, [[5, 6, 7, 8]], 8)]
         close_llm(llm)
     assert results["ascend"] == results["modelslim"]
+
+
+def _classes_in(model) -> list[str]:
+    """Module and quant-method classes of a built model, as ``module.qualname``."""
+    objects = list(model.modules())
+    objects += [m.quant_method for m in model.modules() if getattr(m, "quant_method", None) is not None]
+    return sorted({f"{type(o).__module__}.{type(o).__qualname__}" for o in objects})
+
+
+def test_an_unquantized_model_builds_exactly_vllms_classes(demo_model):
+    """With the plugin installed and registered, a model that does not use it is pure vLLM."""
+    llm = make_llm(demo_model, quantization=None, kv_cache_memory_bytes=32 * 2**20)
+    try:
+        (classes,) = llm.apply_model(_classes_in)
+    finally:
+        close_llm(llm)
+    assert "vllm.model_executor.layers.layernorm.RMSNorm" in classes
+    assert any(c.endswith("UnquantizedLinearMethod") for c in classes)
+    assert [c for c in classes if c.startswith("vllm_modelslim")] == []
+
+
+def test_an_unsupported_vllm_makes_quantization_ascend_fail_with_the_reason(monkeypatch, quantized):
+    """register() logs and does not raise; asking for ``ascend`` then fails with the same message."""
+    import vllm
+
+    import vllm_modelslim
+    from vllm_modelslim.examples.vllm_runner import reset_after_failed_start
+
+    folder = quantized("w8a8_static")
+    monkeypatch.setattr(vllm, "__version__", "0.20.1")
+    try:
+        vllm_modelslim.register()
+        with pytest.raises(RuntimeError, match=r"vllm-modelslim is disabled: vLLM 0\.20\.1 is installed"):
+            try:
+                make_llm(folder, "ascend", kv_cache_memory_bytes=32 * 2**20)
+            finally:
+                reset_after_failed_start()
+    finally:
+        monkeypatch.undo()
+        vllm_modelslim.register()

@@ -24,11 +24,11 @@ from vllm.model_executor.parameter import (
 from vllm.platforms import PlatformEnum
 from vllm.scalar_type import scalar_types
 
-from vllm_modelslim.compressed_tensors import KERNELS_ENV, kernel_mode, register_cpu_linear_kernels
-from vllm_modelslim.compressed_tensors.int8_linear_kernel import ModelSlimInt8ScaledMMLinearKernel
-from vllm_modelslim.compressed_tensors.kernel_registration import vllm_cpu_int8_path
-from vllm_modelslim.compressed_tensors.wna16_linear_kernel import ModelSlimWNA16LinearKernel
 from vllm_modelslim.kernels.platform import cpu_has_int8_dot
+from vllm_modelslim.plugin.compressed_tensors import KERNELS_ENV, kernel_mode, register_cpu_linear_kernels
+from vllm_modelslim.plugin.compressed_tensors.int8_linear_kernel import ModelSlimInt8ScaledMMLinearKernel
+from vllm_modelslim.plugin.compressed_tensors.kernel_choice import vllm_cpu_int8_path
+from vllm_modelslim.plugin.compressed_tensors.wna16_linear_kernel import ModelSlimWNA16LinearKernel
 from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
 
 INT8_PARAMS = ["weight", "weight_scale", "input_scale", "input_zero_point", "azp_adj"]
@@ -265,7 +265,7 @@ def _args(**kw):
     ],
 )  # fmt: skip
 def test_moe_quant_type_follows_the_spec_rules(weights, activations, fmt, expected):
-    from vllm_modelslim.compressed_tensors.moe_quant_type import moe_quant_type
+    from vllm_modelslim.plugin.compressed_tensors.moe_quant_type import moe_quant_type
 
     scheme = {
         "weights": _args(**weights),
@@ -282,8 +282,8 @@ def test_compressed_tensors_name_resolves_to_the_cpu_config():
         CompressedTensorsConfig,
     )
 
-    from vllm_modelslim.compressed_tensors import register_compressed_tensors_config
-    from vllm_modelslim.compressed_tensors.config import CompressedTensorsCpuConfig
+    from vllm_modelslim.plugin.compressed_tensors import register_compressed_tensors_config
+    from vllm_modelslim.plugin.compressed_tensors.config import CompressedTensorsCpuConfig
 
     register_compressed_tensors_config()
     cls = get_quantization_config("compressed-tensors")

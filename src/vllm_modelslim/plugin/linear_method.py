@@ -12,6 +12,7 @@ from vllm.model_executor.layers.linear import (
 
 from vllm_modelslim.format.tensor_spec import validate_layer_tensors
 from vllm_modelslim.kernels.base import QuantKernel
+from vllm_modelslim.plugin.parameters import create_linear_parameters
 from vllm_modelslim.schemes.base import LinearScheme
 
 CHECKPOINT_WEIGHT_NAMES = ("weight", "weight_packed")
@@ -73,7 +74,8 @@ class ModelSlimLinearMethod(LinearMethodBase):
                 group_size=self.scheme.group_size,
             )
             self.scheme.check_stored_shapes(input_size)
-        self.scheme.create_weights(
+        create_linear_parameters(
+            self.scheme,
             layer,
             input_size_per_partition,
             output_partition_sizes,

@@ -10,6 +10,8 @@ computation to the scheme.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from vllm.model_executor.layers.fused_moe import FusedMoEMethodBase
 from vllm.model_executor.layers.fused_moe.activation import MoEActivation
@@ -21,6 +23,7 @@ from vllm_modelslim.format.errors import (
 )
 from vllm_modelslim.format.layer_lookup import check_expert_entries
 from vllm_modelslim.format.tensor_spec import validate_layer_tensors
+from vllm_modelslim.plugin.parameters import expert_parameter
 from vllm_modelslim.schemes.moe.base import W2, W13, MoEScheme
 
 
@@ -65,15 +68,18 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
         self._check_description()
         if context.checkpoint is not None:
             self._check_headers(moe.hidden_dim_unpadded or hidden_size, moe.intermediate_size)
-        self.scheme.create_weights(
-            layer,
-            num_experts,
-            hidden_size,
-            intermediate_size_per_partition,
-            params_dtype,
-            extra_weight_attrs["weight_loader"],
-            global_expert_ids=self._global_ids(layer, num_experts),
-        )
+        expert_loader = extra_weight_attrs["weight_loader"]
+        tensors = self.scheme.expert_tensors(hidden_size, intermediate_size_per_partition)
+        for name, spec, shape, shards in tensors:
+            if shape is None:
+                continue  # an optional per-shard tensor the checkpoint does not store
+            shard_loader = _per_shard_loader(layer, _SHARD_INDEX[name.split("_", 1)[0]])
+            param = expert_parameter(spec, shape, num_experts, expert_loader, shard_loader, shards)
+            layer.register_parameter(name, param)
+        shapes = self.scheme.projection_shapes(hidden_size, intermediate_size_per_partition)
+        layer.modelslim_widths = {name: widths for name, (_, _, widths) in shapes.items()}
+        layer.modelslim_params_dtype = params_dtype
+        self.scheme.prepare_experts(self._global_ids(layer, num_experts))
 
     @staticmethod
     def _global_ids(layer: torch.nn.Module, num_local: int) -> list[int]:
@@ -155,3 +161,21 @@ def _routed_experts_fake(
 direct_register_custom_op(
     op_name="modelslim_routed_experts", op_func=_routed_experts, fake_impl=_routed_experts_fake
 )
+
+
+_SHARD_INDEX = {W13: {"w1": 0, "w3": 1}, W2: {"w2": 0}}
+"""Slot of each vLLM expert shard id within a projection's per-shard tensors (gate = w1, up = w3)."""
+
+
+def _per_shard_loader(layer: torch.nn.Module, shard_index: dict[str, int]) -> Callable:
+    """Loader of a per-(expert, shard) tensor: vLLM's own keeps one value per expert, the last shard's."""
+
+    def load(param, loaded_weight, weight_name, shard_id, expert_id, return_success=False):
+        local = layer._map_global_expert_id_to_local_expert_id(expert_id)
+        if local == -1:
+            return False if return_success else None
+        target = param.data[local, shard_index[shard_id]]
+        target.copy_(loaded_weight.reshape(target.shape))
+        return True if return_success else None
+
+    return load

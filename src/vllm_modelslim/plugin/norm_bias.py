@@ -9,8 +9,8 @@ such a checkpoint with wrong numerics.
 
 The plugin therefore registers :class:`ModelSlimRMSNorm` as vLLM's out-of-tree
 replacement for ``RMSNorm`` (the hook vLLM Ascend uses for the same purpose).
-It behaves exactly like ``RMSNorm`` unless the model being built is served
-with a ModelSlim description that has norm biases; then every RMSNorm gains a
+Unless the model being built is served with a ModelSlim description that has
+norm biases, the layer it builds is vLLM's own ``RMSNorm``; with them, every RMSNorm gains a
 zero-initialised ``bias`` parameter (the checkpoint fills those it has) and
 adds it to the normalised output (with or without a residual). A
 :class:`NormBiasTracker` counts the biases loaded so that a model whose norm
@@ -24,8 +24,6 @@ from vllm.model_executor.custom_op import CustomOp, op_registry_oot
 from vllm.model_executor.layers.layernorm import RMSNorm
 
 from vllm_modelslim.format.errors import CheckpointTensorError
-
-NORM_BIAS_SUFFIX = "norm.bias"
 
 
 class NormBiasTracker:
@@ -75,22 +73,25 @@ def _active_tracker() -> NormBiasTracker | None:
 
 
 class ModelSlimRMSNorm(RMSNorm):
-    """vLLM's ``RMSNorm`` with an optional additive bias after the scale."""
+    """vLLM's ``RMSNorm`` with an additive bias after the scale, for checkpoints that store one.
+
+    vLLM builds this class wherever a model asks for ``RMSNorm`` (out-of-tree
+    replacement). Unless the model being built is a ModelSlim checkpoint with
+    norm biases, the new layer is turned back into vLLM's own ``RMSNorm``
+    before it holds anything of ours, so other models get exactly vLLM's class.
+    """
 
     def __init__(self, hidden_size: int, *args, **kwargs):
         super().__init__(hidden_size, *args, **kwargs)
         tracker = _active_tracker()
-        self.register_parameter("bias", None)
-        if tracker is not None and tracker.expected:
-            self.bias = torch.nn.Parameter(
-                torch.zeros(hidden_size, dtype=self.weight.dtype), requires_grad=False
-            )
-            self.bias.weight_loader = tracker.loader
+        if tracker is None or not tracker.expected:
+            self.__class__ = RMSNorm  # adds nothing over RMSNorm: exactly vLLM's layer
+            return
+        self.bias = torch.nn.Parameter(torch.zeros(hidden_size, dtype=self.weight.dtype), requires_grad=False)
+        self.bias.weight_loader = tracker.loader
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         out = super().forward(x, residual)
-        if self.bias is None:
-            return out
         if residual is None:
             return out + self.bias
         normed, residual_out = out

@@ -1,9 +1,44 @@
-"""vLLM parameter class for tensors that every fused shard stores separately."""
+"""vLLM parameters built from a scheme's tensor declarations (:class:`CheckpointTensor`).
+
+The schemes declare what each shard stores (role, shape template, dtype);
+this module is where those declarations become vLLM parameter objects, so
+vLLM's own loaders place fused q/k/v and gate/up shards and slice them for
+tensor parallelism. Linear layers use vLLM's parameter classes; routed
+experts use plain parameters with the attributes vLLM's expert loader reads.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
-from vllm.model_executor.parameter import BasevLLMParameter
+from vllm.model_executor.layers.fused_moe import FusedMoeWeightScaleSupported
+from vllm.model_executor.parameter import (
+    BasevLLMParameter,
+    ChannelQuantScaleParameter,
+    GroupQuantScaleParameter,
+    ModelWeightParameter,
+    PackedvLLMParameter,
+    PerTensorScaleParameter,
+)
+from vllm.model_executor.utils import set_weight_attrs
+
+from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
+from vllm_modelslim.schemes.base import LinearScheme
+
+
+def decoding_loader(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor] | None) -> Callable:
+    """``loader`` that first applies ``decode`` to the loaded tensor (e.g. int64 fp32 bits → fp32).
+
+    ``decode=None`` returns ``loader`` itself.
+    """
+    if decode is None:
+        return loader
+
+    def load(param: torch.nn.Parameter, loaded_weight: torch.Tensor, *args, **kwargs):
+        return loader(param, decode(loaded_weight), *args, **kwargs)
+
+    return load
 
 
 class ShardStackParameter(BasevLLMParameter):
@@ -35,3 +70,109 @@ class ShardStackParameter(BasevLLMParameter):
 
     def load_row_parallel_weight(self, loaded_weight: torch.Tensor) -> None:
         self._load(loaded_weight, None)
+
+
+def create_linear_parameters(
+    scheme: LinearScheme,
+    layer: torch.nn.Module,
+    input_size_per_partition: int,
+    output_partition_sizes: list[int],
+    params_dtype: torch.dtype,
+    weight_loader: Callable,
+) -> None:
+    """Register one vLLM parameter per tensor ``scheme`` declares, on a linear ``layer``.
+
+    ``WEIGHT``, ``PER_CHANNEL`` and ``PER_GROUP`` tensors become
+    ``[sum(N_i), ...]`` parameters that vLLM fills shard by shard (packed
+    weights through ``PackedvLLMParameter``); ``PER_SHARD`` scalars become a
+    ``PerTensorScaleParameter`` with one slot per shard, ``PER_SHARD_TENSOR``
+    tensors a :class:`ShardStackParameter` with one entry per shard. Sets
+    ``layer.logical_widths`` (this rank's shard widths) and
+    ``layer.modelslim_params_dtype``.
+
+    Raises:
+        CheckpointTensorError: a shard's size does not divide by a pack
+            factor or group, or a per-shard tensor's shape is unknown.
+    """
+    layer.logical_widths = list(output_partition_sizes)
+    layer.modelslim_params_dtype = params_dtype
+    scheme.check_partition(output_partition_sizes, input_size_per_partition)
+    symbols = ShapeSymbols(sum(output_partition_sizes), input_size_per_partition, scheme.group_size)
+    num_shards = len(output_partition_sizes)
+    for spec in scheme.checkpoint_tensors():
+        loader = decoding_loader(weight_loader, spec.decode)
+        param = _linear_parameter(scheme, spec, symbols, num_shards, loader)
+        if param is not None:
+            layer.register_parameter(spec.suffix, param)
+
+
+def _linear_parameter(
+    scheme: LinearScheme, spec: CheckpointTensor, symbols: ShapeSymbols, num_shards: int, loader: Callable
+) -> BasevLLMParameter | None:
+    if spec.role is TensorRole.PER_SHARD:
+        return PerTensorScaleParameter(
+            data=torch.full((num_shards,), spec.fill, dtype=spec.param_dtype), weight_loader=loader
+        )
+    if spec.role is TensorRole.PER_SHARD_TENSOR:
+        shape = scheme.per_shard_tensor_shape(spec)
+        if shape is None:
+            return None  # absent optional per-shard tensor (e.g. o_proj's right_trans)
+        data = torch.full((num_shards, *shape), spec.fill, dtype=spec.param_dtype)
+        return ShardStackParameter(data=data, weight_loader=loader)
+    data = torch.full(symbols.shape(spec.shape), spec.fill, dtype=spec.param_dtype)  # type: ignore[arg-type]
+    if spec.role is TensorRole.WEIGHT and spec.packed_dim is not None:
+        return PackedvLLMParameter(
+            data=data,
+            input_dim=1,
+            output_dim=0,
+            packed_dim=spec.packed_dim,
+            packed_factor=spec.packed_factor,
+            weight_loader=loader,
+        )
+    if spec.role is TensorRole.WEIGHT:
+        return ModelWeightParameter(data=data, input_dim=1, output_dim=0, weight_loader=loader)
+    if spec.role is TensorRole.PER_GROUP:
+        return GroupQuantScaleParameter(data=data, input_dim=1, output_dim=0, weight_loader=loader)
+    return ChannelQuantScaleParameter(data=data, output_dim=0, weight_loader=loader)
+
+
+def expert_parameter(
+    spec: CheckpointTensor,
+    shape: tuple[int, ...],
+    num_experts: int,
+    expert_loader: Callable,
+    per_shard_loader: Callable,
+    num_shards: int,
+) -> torch.nn.Parameter:
+    """A stacked ``[E_local, ...]`` parameter of routed experts for one declared tensor.
+
+    Args:
+        spec: the projection scheme's declaration.
+        shape: one expert's shape (``[N, K]``-style for weights and channel or
+            group scales; one shard's shape for ``PER_SHARD_TENSOR``; ``()``
+            for ``PER_SHARD`` scalars).
+        num_experts: local experts on this rank.
+        expert_loader: vLLM's expert weight loader (weights, channel/group scales).
+        per_shard_loader: loader keeping one value per (expert, shard), for
+            ``PER_SHARD`` / ``PER_SHARD_TENSOR`` tensors.
+        num_shards: shards of the projection (2 for w13, 1 for w2).
+    """
+    if spec.role in (TensorRole.PER_SHARD, TensorRole.PER_SHARD_TENSOR):
+        data = torch.full((num_experts, num_shards, *shape), spec.fill, dtype=spec.param_dtype)
+        param = torch.nn.Parameter(data, requires_grad=False)
+        set_weight_attrs(param, {"weight_loader": decoding_loader(per_shard_loader, spec.decode)})
+        return param
+    data = torch.full((num_experts, *shape), spec.fill, dtype=spec.param_dtype)
+    param = torch.nn.Parameter(data, requires_grad=False)
+    group = spec.role is TensorRole.PER_GROUP
+    set_weight_attrs(
+        param,
+        {
+            "weight_loader": decoding_loader(expert_loader, spec.decode),
+            "quant_method": (
+                FusedMoeWeightScaleSupported.GROUP if group else FusedMoeWeightScaleSupported.CHANNEL
+            ).value,
+            "is_transposed": False,
+        },
+    )
+    return param

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from vllm.config import get_current_vllm_config
+from vllm.config import get_current_vllm_config, get_current_vllm_config_or_none
 from vllm.logger import init_logger
 from vllm.model_executor.layers.attention.attention import Attention
 from vllm.model_executor.layers.fused_moe import RoutedExperts
@@ -33,76 +33,36 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 )
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
+from vllm_modelslim.format.checkpoint_checks import NORM_BIAS_SUFFIX, unsupported_layer_error
 from vllm_modelslim.format.description import QuantDescription, load_description
-from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, UnknownQuantTypeError
-from vllm_modelslim.format.kv_cache_c8 import (
-    C8,
-    CACHE_SCALE_RENAMES,
-    c8_attention_prefixes,
-    c8_tensor_errors,
-    kv_channels_of,
-)
-from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer
+from vllm_modelslim.format.errors import DescriptionFormatError, UnknownQuantTypeError
+from vllm_modelslim.format.kv_cache_c8 import C8, CACHE_SCALE_RENAMES, kv_channels_of
+from vllm_modelslim.format.layer_plan import LayerPlan, PlannedLayer, plan_layers
 from vllm_modelslim.format.packed_modules import checkpoint_layer_prefix, packed_modules_for
+from vllm_modelslim.plugin.compatibility import QUANTIZATION_METHOD_NAMES
+from vllm_modelslim.plugin.kv_cache_method import C8KVCacheMethod
+from vllm_modelslim.plugin.linear_method import ModelSlimLinearMethod
+from vllm_modelslim.plugin.moe_method import ModelSlimFusedMoEMethod
+from vllm_modelslim.plugin.norm_bias import NormBiasTracker, register_rms_norm_bias
 from vllm_modelslim.schemes import LayerContext, require_scheme_class
 from vllm_modelslim.schemes.attention import AttentionContext
-from vllm_modelslim.schemes.linear_method import ModelSlimLinearMethod
 from vllm_modelslim.schemes.moe import MoEContext
-from vllm_modelslim.schemes.moe_method import ModelSlimFusedMoEMethod
-from vllm_modelslim.schemes.norm_bias import NORM_BIAS_SUFFIX, NormBiasTracker, register_rms_norm_bias
 
 logger = init_logger(__name__)
 
-QUANTIZATION_METHOD_NAMES = ("ascend", "modelslim")
-"""Names accepted by ``--quantization`` (``ascend`` as in vLLM Ascend's docs)."""
 
 KV_CACHE_STORAGE_OPTION = "modelslim_kv_cache_storage"
 """``additional_config`` key: ``"int8"`` (default) stores a C8 cache as int8 where the attention
 backend allows it, ``"model-dtype"`` keeps the model dtype (same numerics, no memory saving)."""
 
-_UNSUPPORTED_SETTINGS = {
-    "fa_quant_type": "attention (FA) quantization",
-    "indexer_quant_type": "sparse-attention indexer quantization",
-}
+def is_kv_consumer() -> bool:
+    """True when the vLLM config being built is a KV consumer (``kv_role`` consumer or both).
 
-
-def unsupported_layer_error(
-    prefix: str, quant_type: str, what: str, description: QuantDescription
-) -> UnknownQuantTypeError:
-    """The error for a quantized layer kind that has no scheme (embeddings, lm_head)."""
-    return UnknownQuantTypeError(
-        f"{what} ({quant_type}) is not supported yet; the layer must be FLOAT",
-        file=description.source,
-        layer=prefix,
-    )
-
-
-def norm_bias_shape_errors(checkpoint: CheckpointIndex, sizes: set[int]) -> list[CheckpointTensorError]:
-    """One error per stored ``*norm.bias`` that is not a vector of a norm's size (``sizes``)."""
-    return [
-        CheckpointTensorError(
-            f"norm bias {info.name!r} has shape {list(info.shape)}; a norm bias is one vector of the "
-            f"norm's size ({sorted(sizes)})",
-            file=info.file,
-            layer=info.name.removesuffix(".bias"),
-        )
-        for info in checkpoint
-        if info.name.endswith(NORM_BIAS_SUFFIX)
-        and (len(info.shape) != 1 or (sizes and info.shape[0] not in sizes))
-    ]
-
-
-def unsupported_feature_errors(description: QuantDescription) -> list[UnknownQuantTypeError]:
-    """One error per global setting that asks for a feature this plugin lacks (FA, indexer quantization)."""
-    return [
-        UnknownQuantTypeError(
-            f"{key}={description.settings[key]!r} asks for {feature}, which this plugin "
-            "does not implement yet; serving without it would silently change the numerics",
-            file=description.source,
-        )
-        for key, feature in _UNSUPPORTED_SETTINGS.items()
-        if description.settings.get(key)
-    ]
+    W8A8_MIX runs its static math there (decode side of prefill/decode disaggregation).
+    """
+    config = get_current_vllm_config_or_none()
+    kv_transfer = None if config is None else config.kv_transfer_config
+    return kv_transfer is not None and bool(kv_transfer.is_kv_consumer)
 
 
 class AscendModelSlimConfig(QuantizationConfig):
@@ -124,6 +84,9 @@ class AscendModelSlimConfig(QuantizationConfig):
         self.c8_prefixes: list[str] = []
         self.kv_channels: int | None = None
         self.num_hidden_layers: int | None = None
+        self.plan: LayerPlan | None = None
+        self._config_dict: dict[str, Any] = {}
+        self._partitions_checked = False
         self._name_map: dict[str, str] = {}
 
     # --- QuantizationConfig interface -------------------------------------
@@ -152,27 +115,33 @@ class AscendModelSlimConfig(QuantizationConfig):
     def maybe_update_config(
         self, model_name: str, hf_config: Any = None, revision: str | None = None
     ) -> None:
-        """Load the description and the checkpoint headers from the model folder.
+        """Load the description and the checkpoint headers, plan every layer, stop at the first problem.
+
+        The layer plan (:func:`~vllm_modelslim.format.layer_plan.plan_layers`) is the
+        one ``vllm-modelslim inspect`` reports; :meth:`get_quant_method` looks layers up in it.
 
         Raises:
             DescriptionNotFoundError, AmbiguousDescriptionError,
             DescriptionFormatError: see :func:`load_description`.
             CheckpointTensorError: a weight file cannot be read.
+            ModelSlimFormatError: the plan's first problem (a subclass naming layer and file).
         """
         if hf_config is not None:
             self.model_type = getattr(hf_config, "model_type", None)
             text_config = hf_config.get_text_config() if hasattr(hf_config, "get_text_config") else hf_config
             self.kv_channels = kv_channels_of(text_config)
             self.num_hidden_layers = getattr(text_config, "num_hidden_layers", None)
+            as_dict = getattr(text_config, "to_dict", None)
+            self._config_dict = {**(as_dict() if callable(as_dict) else vars(text_config))}
+            self._config_dict["model_type"] = self.model_type
         folder = Path(model_name)
         if self.description is None:
             self.description = load_description(folder)
         if folder.is_dir() and self.checkpoint is None:
             self.checkpoint = CheckpointIndex.scan(folder)
-        self._reject_unsupported_features(self.description)
-        self.c8_prefixes = c8_attention_prefixes(self.description)
-        for error in c8_tensor_errors(self.description, self.checkpoint, self.kv_channels):
-            raise error
+        self.plan = plan_layers(self._config_dict, self.description, self.checkpoint)
+        self.plan.raise_first_error()
+        self.c8_prefixes = [p.shards[0] for p in self.plan.layers.values() if p.layer_type == "attention"]
         self._track_norm_biases(self.description, hf_config)
         logger.info(
             "ModelSlim description %s: quant types %s",
@@ -194,7 +163,8 @@ class AscendModelSlimConfig(QuantizationConfig):
             self.description = self.description.with_renamed_entries(rename)
 
     def get_quant_method(self, layer: torch.nn.Module, prefix: str) -> QuantizeMethodBase | None:
-        """The method for ``layer``; raises a ModelSlimFormatError for bad descriptions."""
+        """The method for ``layer``, from the layer plan; raises a ModelSlimFormatError for bad input."""
+        self._check_partitions_once()
         if isinstance(layer, LinearBase):
             prefix = checkpoint_layer_prefix(self.model_type, prefix)
             return self._linear_method(layer, prefix) or UnquantizedLinearMethod()
@@ -230,12 +200,52 @@ class AscendModelSlimConfig(QuantizationConfig):
             )
         return self.description
 
-    def _resolve(self, prefix: str, *, required: bool = True) -> LayerQuant | None:
-        mapping = packed_modules_for(self.model_type, self.packed_modules_mapping)
-        return resolve_layer(self._require_description(), prefix, mapping, required=required)
+    def _layer_plan(self) -> LayerPlan:
+        """The plan made in :meth:`maybe_update_config` (made now, from the description only, without it)."""
+        if self.plan is None:
+            self.plan = plan_layers(self._config_dict, self._require_description(), self.checkpoint)
+        return self.plan
 
-    def _scheme_class(self, layer_quant: LayerQuant, layer_type: str) -> type:
-        return self._scheme_class_for(layer_quant.quant_type, layer_type, layer_quant.prefix)
+    def _checkpoint_name(self, prefix: str) -> str:
+        """``prefix`` in the checkpoint's naming (undoes vLLM's ``hf_to_vllm_mapper`` renames)."""
+        if prefix in self._name_map or not self._name_map:
+            return self._name_map.get(prefix, prefix)
+        head, _, name = prefix.rpartition(".")
+        shards = packed_modules_for(self.model_type, self.packed_modules_mapping).get(name)
+        first = self._name_map.get(f"{head}.{shards[0]}") if shards else None
+        return f"{first.rpartition('.')[0]}.{name}" if first else prefix
+
+    def _planned_linear(
+        self, prefix: str, layer: torch.nn.Module | None, *, required: bool
+    ) -> PlannedLayer | None:
+        """The plan of the linear (or embedding) layer ``prefix``; raises its first problem."""
+        planned = self._layer_plan().linear_layer(
+            self._checkpoint_name(prefix),
+            self.packed_modules_mapping,
+            row_parallel=isinstance(layer, RowParallelLinear) if layer is not None else None,
+            required=required,
+        )
+        if planned is not None:
+            planned.raise_first_error()
+        return planned
+
+    def _check_partitions_once(self) -> None:
+        """Before vLLM builds the first layer: every planned layer splits over the tensor-parallel ranks.
+
+        vLLM's own checks are bare asserts inside the layers' constructors; the plan's
+        errors name the layer and the file. Routed experts are checked per layer
+        (their parallel layout comes with the layer).
+        """
+        if self._partitions_checked:
+            return
+        self._partitions_checked = True
+        config = get_current_vllm_config_or_none()
+        tp = config.parallel_config.tensor_parallel_size if config is not None else 1
+        plan = self._layer_plan()
+        for planned in plan.layers.values():
+            if planned.layer_type == "linear":
+                for error in plan.partition_errors(planned.prefix, tp):
+                    raise error
 
     def _scheme_class_for(self, quant_type: str, layer_type: str, layer: str) -> type:
         source = self._require_description().source
@@ -243,35 +253,46 @@ class AscendModelSlimConfig(QuantizationConfig):
 
     def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
-        layer_quant = self._resolve(prefix)
-        if layer_quant is None or layer_quant.is_float:
+        planned = self._planned_linear(prefix, layer, required=True)
+        if planned is None or planned.is_float:
             return None
-        scheme_cls = self._scheme_class(layer_quant, "linear")
+        assert planned.scheme_class is not None
+        scheme_cls = planned.scheme_class
         context = LayerContext(
             prefix=prefix,
-            quant_type=layer_quant.quant_type,
-            shard_prefixes=tuple(self._name_map.get(s, s) for s in layer_quant.shard_prefixes),
+            quant_type=planned.quant_type,
+            shard_prefixes=planned.shards,
             description=description,
             checkpoint=self.checkpoint,
             row_parallel=isinstance(layer, RowParallelLinear),
+            kv_consumer=is_kv_consumer(),
         )
         tracker = self.norm_bias_tracker
         return ModelSlimLinearMethod(scheme_cls(context), after_loading=tracker.check if tracker else None)
 
     def _moe_method(self, layer: RoutedExperts, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
-        layer_quant = self._resolve(prefix)
-        if layer_quant is None or layer_quant.is_float:
+        projections = (layer.ckpt_gate_proj_name, layer.ckpt_up_proj_name or "", layer.ckpt_down_proj_name)
+        plan = self._layer_plan()
+        planned = plan.moe_layer(
+            self._name_map.get(prefix, prefix), projections, layer.moe_config.num_logical_experts
+        )
+        planned.raise_first_error()
+        if planned.is_float:
             return None
-        scheme_cls = self._scheme_class(layer_quant, "moe")
+        for error in plan.partition_errors(planned.prefix, layer.moe_config.moe_parallel_config.tp_size):
+            raise error
+        assert planned.scheme_class is not None
+        scheme_cls = planned.scheme_class
         context = MoEContext(
             prefix=prefix,
-            quant_type=layer_quant.quant_type,
-            checkpoint_prefix=self._name_map.get(prefix, prefix),
-            projections=(layer.ckpt_gate_proj_name, layer.ckpt_up_proj_name or "", layer.ckpt_down_proj_name),
+            quant_type=planned.quant_type,
+            checkpoint_prefix=planned.prefix,
+            projections=projections,
             num_experts=layer.moe_config.num_logical_experts,
             description=description,
             checkpoint=self.checkpoint,
+            kv_consumer=is_kv_consumer(),
         )
         return ModelSlimFusedMoEMethod(scheme_cls(context), layer.moe_config)
 
@@ -288,7 +309,8 @@ class AscendModelSlimConfig(QuantizationConfig):
             kv_channels=self.kv_channels,
             int8_storage=self._int8_kv_storage(),
         )
-        return self._scheme_class_for(C8, "attention", checkpoint_prefix)(self, context)
+        scheme = self._scheme_class_for(C8, "attention", checkpoint_prefix)(context)
+        return C8KVCacheMethod(self, scheme)
 
     def _int8_kv_storage(self) -> bool:
         """Store C8 caches as int8: every layer is C8 (one cache layout) and the user did not opt out."""
@@ -302,21 +324,13 @@ class AscendModelSlimConfig(QuantizationConfig):
 
     def _reject_quantized(self, prefix: str, what: str, *, required: bool) -> None:
         """Raise if the description quantizes a layer kind that has no scheme yet."""
-        layer_quant = self._resolve(prefix, required=required)
-        if layer_quant is not None and not layer_quant.is_float:
-            raise unsupported_layer_error(prefix, layer_quant.quant_type, what, self._require_description())
-
-    @staticmethod
-    def _reject_unsupported_features(description: QuantDescription) -> None:
-        for error in unsupported_feature_errors(description):
-            raise error
+        planned = self._planned_linear(prefix, None, required=required)
+        if planned is not None and not planned.is_float:
+            raise unsupported_layer_error(prefix, planned.quant_type, what, self._require_description())
 
     def _track_norm_biases(self, description: QuantDescription, hf_config: Any) -> None:
         if self.checkpoint is not None:  # the tensors are the truth; the description may omit them
-            names = {t.name for t in self.checkpoint if t.name.endswith(NORM_BIAS_SUFFIX)}
-            sizes = {getattr(hf_config, "hidden_size", None), getattr(hf_config, "head_dim", None)} - {None}
-            for error in norm_bias_shape_errors(self.checkpoint, sizes):
-                raise error
+            names = {t.name for t in self.checkpoint if t.name.endswith(NORM_BIAS_SUFFIX)}  # shapes: the plan
         else:
             names = {k for k in description.entries if k.endswith(NORM_BIAS_SUFFIX)}
         if names and not register_rms_norm_bias():

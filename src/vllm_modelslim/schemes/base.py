@@ -1,12 +1,12 @@
 """Base class of linear schemes, and the context a scheme gets about its layer.
 
-A scheme is format knowledge plus parameter declaration: it lists the tensors
-msmodelslim writes for one shard (:meth:`LinearScheme.checkpoint_tensors`), the
-base class turns that list into vLLM parameters (so fused q/k/v and gate/up
-shards load into the right rows through vLLM's own parameter classes), the
-scheme converts the loaded tensors into a kernel once
+A scheme is format knowledge plus tensor declaration: it lists the tensors
+msmodelslim writes for one shard (:meth:`LinearScheme.checkpoint_tensors`),
+converts the loaded tensors into a kernel once
 (:meth:`~LinearScheme.process_weights_after_loading`) and runs it
-(:meth:`~LinearScheme.apply`).
+(:meth:`~LinearScheme.apply`). Turning the declarations into vLLM parameters
+is the plugin's job (``vllm_modelslim.plugin.linear_method``), so this module
+imports without vLLM.
 """
 
 from __future__ import annotations
@@ -17,21 +17,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from vllm.model_executor.parameter import (
-    BasevLLMParameter,
-    ChannelQuantScaleParameter,
-    GroupQuantScaleParameter,
-    ModelWeightParameter,
-    PackedvLLMParameter,
-    PerTensorScaleParameter,
-)
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.errors import CheckpointTensorError
-from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
+from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols
 from vllm_modelslim.format.value_checks import ValueRule, check_value_rule
-from vllm_modelslim.schemes.parameters import ShardStackParameter
 
 
 @dataclass(frozen=True)
@@ -46,6 +37,8 @@ class LayerContext:
             ``group_size``; ``description.source`` names the file).
         checkpoint: safetensors header index of the model folder, when local.
         row_parallel: the layer is a ``RowParallelLinear`` (o_proj, down_proj).
+        kv_consumer: the engine is a KV-transfer consumer (prefill/decode
+            disaggregation: the decode side), which W8A8_MIX computes statically.
     """
 
     prefix: str
@@ -54,6 +47,7 @@ class LayerContext:
     description: QuantDescription
     checkpoint: CheckpointIndex | None = None
     row_parallel: bool = False
+    kv_consumer: bool = False
 
     def files_of(self, suffix: str) -> str | None:
         """Comma-separated file name(s) storing ``<shard>.<suffix>`` (for messages)."""
@@ -80,15 +74,6 @@ class LayerContext:
         return f"{self.shard_prefixes[0]}.{suffix}" in self.checkpoint
 
 
-def decoding_loader(loader: Callable, decode: Callable[[torch.Tensor], torch.Tensor]) -> Callable:
-    """``loader`` that first applies ``decode`` to the loaded tensor (e.g. int64 fp32 bits → fp32)."""
-
-    def load(param: torch.nn.Parameter, loaded_weight: torch.Tensor, *args, **kwargs):
-        return loader(param, decode(loaded_weight), *args, **kwargs)
-
-    return load
-
-
 class LinearScheme(ABC):
     """One quant type for linear layers.
 
@@ -111,36 +96,6 @@ class LinearScheme(ABC):
     def group_size(self) -> int:
         """K-group size of the layer's per-group tensors (0: none)."""
         return 0
-
-    def create_weights(
-        self,
-        layer: torch.nn.Module,
-        input_size_per_partition: int,
-        output_partition_sizes: list[int],
-        params_dtype: torch.dtype,
-        weight_loader: Callable,
-    ) -> None:
-        """Register one vLLM parameter per declared tensor on ``layer``.
-
-        ``WEIGHT``, ``PER_CHANNEL`` and ``PER_GROUP`` tensors become
-        ``[sum(N_i), ...]`` parameters that vLLM fills shard by shard (packed
-        weights through ``PackedvLLMParameter``); ``PER_SHARD`` scalars become a
-        ``PerTensorScaleParameter`` with one slot per shard, ``PER_SHARD_TENSOR``
-        tensors a stack with one entry per shard.
-
-        Raises:
-            CheckpointTensorError: a shard's size does not divide by a pack
-                factor, or a per-shard tensor's shape is unknown.
-        """
-        layer.logical_widths = list(output_partition_sizes)
-        layer.modelslim_params_dtype = params_dtype
-        self.check_partition(output_partition_sizes, input_size_per_partition)
-        symbols = ShapeSymbols(sum(output_partition_sizes), input_size_per_partition, self.group_size)
-        for spec in self.checkpoint_tensors():
-            loader = weight_loader if spec.decode is None else decoding_loader(weight_loader, spec.decode)
-            param = self._make_parameter(spec, symbols, len(output_partition_sizes), loader)
-            if param is not None:
-                layer.register_parameter(spec.suffix, param)
 
     def check_partition(self, shard_widths: list[int], in_features: int, what: str = "") -> None:
         """Check that every declared shape divides for these (tensor-parallel) shard sizes.
@@ -185,35 +140,6 @@ class LinearScheme(ABC):
                 layer=self.context.prefix,
             )
         return tuple(shape)
-
-    def _make_parameter(
-        self, spec: CheckpointTensor, symbols: ShapeSymbols, num_shards: int, loader: Callable
-    ) -> BasevLLMParameter | None:
-        if spec.role is TensorRole.PER_SHARD:
-            return PerTensorScaleParameter(
-                data=torch.full((num_shards,), spec.fill, dtype=spec.param_dtype), weight_loader=loader
-            )
-        if spec.role is TensorRole.PER_SHARD_TENSOR:
-            shape = self.per_shard_tensor_shape(spec)
-            if shape is None:
-                return None  # absent optional per-shard tensor (e.g. o_proj's right_trans)
-            data = torch.full((num_shards, *shape), spec.fill, dtype=spec.param_dtype)
-            return ShardStackParameter(data=data, weight_loader=loader)
-        data = torch.full(symbols.shape(spec.shape), spec.fill, dtype=spec.param_dtype)  # type: ignore[arg-type]
-        if spec.role is TensorRole.WEIGHT and spec.packed_dim is not None:
-            return PackedvLLMParameter(
-                data=data,
-                input_dim=1,
-                output_dim=0,
-                packed_dim=spec.packed_dim,
-                packed_factor=spec.packed_factor,
-                weight_loader=loader,
-            )
-        if spec.role is TensorRole.WEIGHT:
-            return ModelWeightParameter(data=data, input_dim=1, output_dim=0, weight_loader=loader)
-        if spec.role is TensorRole.PER_GROUP:
-            return GroupQuantScaleParameter(data=data, input_dim=1, output_dim=0, weight_loader=loader)
-        return ChannelQuantScaleParameter(data=data, output_dim=0, weight_loader=loader)
 
     @abstractmethod
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:

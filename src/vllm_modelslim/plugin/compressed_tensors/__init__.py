@@ -11,13 +11,12 @@ its int8 path without VNNI/AMX, its int4 kernel in AVX2 builds. There the
 forward runs the same exact kernels as the ModelSlim schemes (int32
 accumulation, then the scales). MoE experts, for which vLLM
 has no CPU backend, go to the ModelSlim MoE schemes through
-:class:`~vllm_modelslim.compressed_tensors.config.CompressedTensorsCpuConfig`,
+:class:`~vllm_modelslim.plugin.compressed_tensors.config.CompressedTensorsCpuConfig`,
 registered under vLLM's own name ``compressed-tensors``.
 """
 
-from vllm_modelslim.compressed_tensors.kernel_registration import (
-    KERNELS_ENV,
-    kernel_mode,
+from vllm_modelslim.plugin.compressed_tensors.kernel_choice import KERNELS_ENV, kernel_mode
+from vllm_modelslim.plugin.compressed_tensors.registration import (
     register_compressed_tensors_config,
     register_cpu_linear_kernels,
 )

@@ -24,12 +24,12 @@ from vllm.model_executor.layers.quantization.compressed_tensors.compressed_tenso
 )
 from vllm.platforms import current_platform
 
-from vllm_modelslim.compressed_tensors.kernel_registration import kernel_mode
-from vllm_modelslim.compressed_tensors.moe_quant_type import moe_quant_type
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
+from vllm_modelslim.plugin.compressed_tensors.kernel_choice import kernel_mode
+from vllm_modelslim.plugin.compressed_tensors.moe_quant_type import moe_quant_type
+from vllm_modelslim.plugin.moe_method import ModelSlimFusedMoEMethod
 from vllm_modelslim.schemes.moe.base import MoEContext
-from vllm_modelslim.schemes.moe_method import ModelSlimFusedMoEMethod
 from vllm_modelslim.schemes.registry import require_scheme_class
 
 VLLM_NAME = "compressed-tensors"

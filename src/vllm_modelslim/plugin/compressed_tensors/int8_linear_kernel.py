@@ -25,11 +25,15 @@ from vllm.model_executor.kernels.linear.scaled_mm.ScaledMMLinearKernel import (
 )
 from vllm.platforms import current_platform
 
-from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode, vllm_cpu_int8_path
 from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_static_per_tensor
+from vllm_modelslim.plugin.compressed_tensors.kernel_choice import (
+    KERNELS_ENV,
+    kernel_mode,
+    vllm_cpu_int8_path,
+)
+from vllm_modelslim.plugin.linear_method import free_checkpoint_weights
 from vllm_modelslim.schemes.base import apply_2d
 from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic
-from vllm_modelslim.schemes.linear_method import free_checkpoint_weights
 
 
 def per_channel_weight_scale(weight_scale: torch.Tensor, logical_widths: list[int]) -> torch.Tensor:

@@ -27,10 +27,10 @@ from vllm.model_executor.parameter import permute_param_layout_
 from vllm.platforms import current_platform
 from vllm.scalar_type import scalar_types
 
-from vllm_modelslim.compressed_tensors.kernel_registration import KERNELS_ENV, kernel_mode
 from vllm_modelslim.kernels import make_weight_only_int4, make_weight_only_int8
+from vllm_modelslim.plugin.compressed_tensors.kernel_choice import KERNELS_ENV, kernel_mode
+from vllm_modelslim.plugin.linear_method import free_checkpoint_weights
 from vllm_modelslim.schemes.base import apply_2d
-from vllm_modelslim.schemes.linear_method import free_checkpoint_weights
 
 SUPPORTED_WEIGHT_TYPES = (
     scalar_types.uint4b8,

@@ -1,9 +1,10 @@
-"""Attention-layer schemes (KV-cache quantization)."""
+"""Attention-layer schemes (the C8 int8 KV cache); importing this package registers them."""
 
 from vllm_modelslim.schemes.attention.c8_kv_cache import (
-    C8_DEQUANTIZE_SUBTRACTS_OFFSET,
     AttentionContext,
-    C8KVCacheMethod,
+    C8KVCacheScheme,
+    channel_quant,
+    rank_kv_channels,
 )
 
-__all__ = ["C8_DEQUANTIZE_SUBTRACTS_OFFSET", "AttentionContext", "C8KVCacheMethod"]
+__all__ = ["AttentionContext", "C8KVCacheScheme", "channel_quant", "rank_kv_channels"]

@@ -1,18 +1,23 @@
 """ModelSlim C8: a static per-channel int8 KV cache for dense attention (spec §4.9).
 
-The scheme loads the four per-channel tensors of a C8 attention layer
-(:data:`~vllm_modelslim.format.kv_cache_c8.C8_TENSORS`) into vLLM's
-``Attention`` layer through vLLM's KV-cache quant-method hook
-(``BaseKVCacheMethod``; checkpoint names are renamed by the config's
-``get_cache_scale_mapper``), checks them, and hands canonical
-``[kv_heads, head_dim]`` float32 parameters to
-:func:`~vllm_modelslim.kernels.int8_kv_attention.enable_int8_kv_cache`.
+The scheme knows the four per-channel tensors of a C8 attention layer
+(:data:`~vllm_modelslim.format.kv_cache_c8.C8_TENSORS`): how each loads (1 or
+``kv_channels`` values), their value rules, and how one tensor-parallel
+rank's ``[kv_heads, head_dim]`` float32 quantization parameters are cut from
+them. The vLLM side (``plugin/kv_cache_method.py``) registers them on vLLM's
+``Attention`` layer through its KV-cache quant-method hook and enables the
+int8 cache with what :meth:`C8KVCacheScheme.cache_params` returns.
 
 Numerics (ModelSlim's definition, as its ``FakeQuantDynamicCache`` computes
 during calibration): every key and value is written as
 ``q = clamp(round(x / s + o), −128, 127)`` and every read (prompt tokens
-included) returns ``(q − o)·s``. See :data:`C8_DEQUANTIZE_SUBTRACTS_OFFSET`
-for the one place where this differs from vLLM Ascend's NPU kernels.
+included) returns ``(q − o)·s``, the exact inverse of its quantization, as
+vLLM Ascend's fallback (gather) prefill path also computes. vLLM Ascend's NPU
+decode path (fused infer attention, ``antiquant_mode=0``) passes only the
+scales and so computes ``q·s``; the two agree whenever the offsets are zero,
+which is what msmodelslim writes for the usual symmetric ``dynamic_cache``
+config. For an asymmetric one the NPU decode result is off by ``o·s`` per
+channel and ours is not (``tests/checkpoints/test_c8_facts.py`` measures it).
 """
 
 from __future__ import annotations
@@ -21,34 +26,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
-from vllm.logger import init_logger
-from vllm.model_executor.layers.quantization.base_config import QuantizationConfig
-from vllm.model_executor.layers.quantization.kv_cache import BaseKVCacheMethod
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.errors import CheckpointTensorError, UnknownQuantTypeError
 from vllm_modelslim.format.kv_cache_c8 import C8, C8_TENSORS, C8Tensor, c8_size_ok
 from vllm_modelslim.format.value_checks import check_value_rule
-from vllm_modelslim.kernels.int8_kv_attention import enable_int8_kv_cache
 from vllm_modelslim.kernels.kv_cache_int8 import Int8KVCacheParams, KVChannelQuant
 from vllm_modelslim.schemes.registry import register_scheme
-
-logger = init_logger(__name__)
-
-C8_DEQUANTIZE_SUBTRACTS_OFFSET = True
-"""The dequantization rule of the C8 KV cache: ``(q − offset)·scale`` (True) or ``q·scale``.
-
-We follow ModelSlim: its calibration fake-quantizes the cache with
-``int_dequantize`` = ``(q − offset)·scale``, the exact inverse of its
-quantization, and vLLM Ascend's fallback (gather) prefill path does the same.
-vLLM Ascend's NPU decode path (fused infer attention, ``antiquant_mode=0``)
-passes only the scales and so computes ``q·scale``. The two agree whenever the
-offsets are zero, which is what msmodelslim writes for the usual symmetric
-``dynamic_cache`` config; for an asymmetric one (non-zero offsets) the NPU
-decode result is off by ``offset·scale`` per channel and ours is not.
-"""
 
 DEFAULT_KV_CACHE_DTYPES = ("auto",)
 
@@ -82,42 +67,36 @@ class AttentionContext:
 
 
 @register_scheme(C8, "attention")
-class C8KVCacheMethod(BaseKVCacheMethod):
-    """vLLM KV-cache quant method of a C8 attention layer.
+class C8KVCacheScheme:
+    """The C8 int8 KV cache of one attention layer: its tensors' loading, checks and per-rank slicing.
 
     Args:
-        quant_config: the owning quantization config.
         context: the layer's :class:`AttentionContext`.
     """
 
-    def __init__(self, quant_config: QuantizationConfig, context: AttentionContext):
-        super().__init__(quant_config)
+    def __init__(self, context: AttentionContext):
         self.context = context
 
-    def create_weights(self, layer: torch.nn.Module) -> None:
-        """Register ``k_cache_scale``/``k_cache_offset``/``v_cache_scale``/``v_cache_offset`` (float32).
-
-        Each starts as one value and takes the loaded size (1 or ``kv_channels``).
+    def check_kv_cache_dtype(self, kv_cache_dtype: str) -> None:
+        """Refuse an engine KV-cache dtype other than ``auto`` (the checkpoint's cache is int8).
 
         Raises:
-            UnknownQuantTypeError: the engine was asked for another KV-cache dtype
-                (``--kv-cache-dtype fp8``) than the checkpoint's int8 cache.
+            UnknownQuantTypeError: e.g. ``--kv-cache-dtype fp8``.
         """
-        if layer.kv_cache_dtype not in DEFAULT_KV_CACHE_DTYPES:
+        if kv_cache_dtype not in DEFAULT_KV_CACHE_DTYPES:
             raise UnknownQuantTypeError(
                 f"the checkpoint stores an int8 KV cache (C8) for this layer, which conflicts with "
-                f"kv_cache_dtype={layer.kv_cache_dtype!r}; leave the KV-cache dtype at 'auto'",
+                f"kv_cache_dtype={kv_cache_dtype!r}; leave the KV-cache dtype at 'auto'",
                 file=self.context.description.source,
                 layer=self.context.checkpoint_prefix,
             )
-        super().create_weights(layer)  # vLLM's q/k/v/prob scales (they stay 1.0)
-        for tensor in C8_TENSORS:
-            fill = 1.0 if tensor.suffix.endswith("scale") else 0.0
-            param = torch.nn.Parameter(torch.full((1,), fill, dtype=torch.float32), requires_grad=False)
-            param.weight_loader = self._loader(tensor)  # type: ignore[attr-defined]
-            layer.register_parameter(tensor.param, param)
 
-    def _loader(self, tensor: C8Tensor) -> Callable[[torch.nn.Parameter, torch.Tensor], None]:
+    def loader(self, tensor: C8Tensor) -> Callable[[torch.nn.Parameter, torch.Tensor], None]:
+        """Weight loader of ``tensor``: checks its size, stores it as a flat float32 vector.
+
+        The loader raises :class:`CheckpointTensorError` for a size other than
+        1 or ``kv_channels`` (``num_key_value_heads·head_dim``).
+        """
         channels = self.context.kv_channels
 
         def load(param: torch.nn.Parameter, loaded: torch.Tensor) -> None:
@@ -132,8 +111,16 @@ class C8KVCacheMethod(BaseKVCacheMethod):
 
         return load
 
-    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        """Check the loaded values, build this rank's ``[kv_heads, head_dim]`` parameters, enable the cache.
+    def cache_params(
+        self, loaded: dict[str, torch.Tensor], heads: int, head_dim: int, rank: int, world_size: int
+    ) -> Int8KVCacheParams:
+        """Check the loaded values and cut this rank's ``[heads, head_dim]`` quantization parameters.
+
+        Args:
+            loaded: the four tensors by layer parameter name (``k_cache_scale``, ...),
+                each 1 or ``kv_channels`` float32 values.
+            heads, head_dim: this rank's KV heads and channels per head.
+            rank, world_size: tensor-parallel position.
 
         Raises:
             InvalidScaleError: a scale is zero, negative, NaN or inf, or an offset
@@ -141,10 +128,9 @@ class C8KVCacheMethod(BaseKVCacheMethod):
             CheckpointTensorError: the channel count does not split into this
                 rank's kv heads.
         """
-        super().process_weights_after_loading(layer)
         channels = {}
         for tensor in C8_TENSORS:
-            values = getattr(layer, tensor.param).data
+            values = loaded[tensor.param]
             check_value_rule(
                 values,
                 tensor.values,
@@ -152,29 +138,23 @@ class C8KVCacheMethod(BaseKVCacheMethod):
                 layer=self.context.checkpoint_prefix,
                 file=self.context.file_of(tensor),
             )
-            channels[tensor.param] = self._rank_channels(layer, tensor, values)
-        params = Int8KVCacheParams(
-            key=self._channel_quant(channels["k_cache_scale"], channels["k_cache_offset"]),
-            value=self._channel_quant(channels["v_cache_scale"], channels["v_cache_offset"]),
+            try:
+                channels[tensor.param] = rank_kv_channels(values, heads, head_dim, rank, world_size)
+            except ValueError as exc:
+                raise CheckpointTensorError(
+                    f"{tensor.suffix}: {exc}",
+                    file=self.context.file_of(tensor),
+                    layer=self.context.checkpoint_prefix,
+                ) from None
+        return Int8KVCacheParams(
+            key=channel_quant(channels["k_cache_scale"], channels["k_cache_offset"]),
+            value=channel_quant(channels["v_cache_scale"], channels["v_cache_offset"]),
         )
-        path = enable_int8_kv_cache(layer, params, int8_storage=self.context.int8_storage)
-        logger.info_once("ModelSlim C8 KV cache: %s (%s)", path, type(layer.impl).__name__)
 
-    @staticmethod
-    def _channel_quant(scale: torch.Tensor, offset: torch.Tensor) -> KVChannelQuant:
-        dequant_offset = offset if C8_DEQUANTIZE_SUBTRACTS_OFFSET else torch.zeros_like(offset)
-        return KVChannelQuant(scale=scale, offset=offset, dequant_offset=dequant_offset)
 
-    def _rank_channels(self, layer: torch.nn.Module, tensor: C8Tensor, values: torch.Tensor) -> torch.Tensor:
-        rank, world = get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
-        try:
-            return rank_kv_channels(values, layer.num_kv_heads, layer.head_size, rank, world)
-        except ValueError as exc:
-            raise CheckpointTensorError(
-                f"{tensor.suffix}: {exc}",
-                file=self.context.file_of(tensor),
-                layer=self.context.checkpoint_prefix,
-            ) from None
+def channel_quant(scale: torch.Tensor, offset: torch.Tensor) -> KVChannelQuant:
+    """ModelSlim's per-channel rule: written ``round(x/s + o)``, read back ``(q − o)·s`` (module doc)."""
+    return KVChannelQuant(scale=scale, offset=offset, dequant_offset=offset)
 
 
 def rank_kv_channels(

@@ -75,7 +75,11 @@ class W4A16LinearScheme(LinearScheme):
         weight_scale = self.float_param(layer, "weight_scale")
         zero_point = self.float_param(layer, "weight_offset") if hasattr(layer, "weight_offset") else None
         layer.modelslim_kernel = make_weight_only_int4(
-            self.unpacked_weight(layer), weight_scale, zero_point, layer.modelslim_params_dtype
+            self.unpacked_weight(layer),
+            weight_scale,
+            zero_point,
+            layer.modelslim_params_dtype,
+            label=self.quant_type,
         )
 
     def apply(self, layer, x, bias):

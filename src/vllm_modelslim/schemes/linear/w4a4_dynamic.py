@@ -41,7 +41,7 @@ class W4A4DynamicLinearScheme(LinearScheme):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = require_int4_values(self, layer.weight.data)
         scale = self.float_param(layer, "weight_scale").reshape(-1)
-        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale)
+        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale, label=self.quant_type)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias, bits=ACTIVATION_BITS)

@@ -101,7 +101,7 @@ class W4A4FlatQuantLinearScheme(LinearScheme):
         kernels = torch.nn.ModuleList()
         transforms = []
         for start, stop, (left, right, clip) in shard_groups(layer.logical_widths, self._transforms(layer)):
-            kernels.append(make_scaled_int8_mm(weight[start:stop], scale[start:stop]))
+            kernels.append(make_scaled_int8_mm(weight[start:stop], scale[start:stop], label=self.quant_type))
             transforms.append((left, right, clip))
         layer.modelslim_kernels = kernels
         layer.modelslim_transforms = transforms

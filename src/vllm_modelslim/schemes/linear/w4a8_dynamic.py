@@ -88,7 +88,7 @@ class W4A8DynamicLinearScheme(LinearScheme):
         scale = self.float_param(layer, "weight_scale").reshape(-1)
         if self.per_group:
             scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
-        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale)
+        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale, label=self.quant_type)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias)

@@ -33,7 +33,7 @@ class W8A16LinearScheme(LinearScheme):
         weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
         zero_point = self.float_param(layer, "weight_offset").reshape(-1)
         layer.modelslim_kernel = make_weight_only_int8(
-            layer.weight.data, weight_scale, zero_point, layer.modelslim_params_dtype
+            layer.weight.data, weight_scale, zero_point, layer.modelslim_params_dtype, label=self.quant_type
         )
 
     def apply(self, layer, x, bias):

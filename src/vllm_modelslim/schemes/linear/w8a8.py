@@ -22,7 +22,6 @@ or offsets differ, each group of rows is quantized with its own.
 from __future__ import annotations
 
 import torch
-from vllm.model_executor.layers.linear import RowParallelLinear
 
 from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_static_per_tensor
 from vllm_modelslim.schemes.base import LinearScheme, apply_2d, shard_groups
@@ -60,8 +59,8 @@ class W8A8StaticLinearScheme(LinearScheme):
         input_scale = self.float_param(layer, "input_scale").reshape(-1)
         input_offset = self.float_param(layer, "input_offset").reshape(-1)
         quant_bias = layer.quant_bias.data
-        if isinstance(layer, RowParallelLinear) and getattr(layer, "tp_rank", 0) > 0:
-            quant_bias = None
+        if self.context.row_parallel and getattr(layer, "tp_rank", 0) > 0:
+            quant_bias = None  # the row-parallel partial sums are added up: the int32 bias enters once
         weight = layer.weight.data
 
         kernels = torch.nn.ModuleList()
@@ -73,6 +72,7 @@ class W8A8StaticLinearScheme(LinearScheme):
                     weight[start:stop],
                     deq_scale[start:stop],
                     None if quant_bias is None else quant_bias[start:stop],
+                    label=self.quant_type,
                 )
             )
             activation_params.append((scale, offset))

@@ -36,7 +36,7 @@ class W8A8DynamicLinearScheme(LinearScheme):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
-        layer.modelslim_kernel = make_scaled_int8_mm(layer.weight.data, weight_scale)
+        layer.modelslim_kernel = make_scaled_int8_mm(layer.weight.data, weight_scale, label=self.quant_type)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias)

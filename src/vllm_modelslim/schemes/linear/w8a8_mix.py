@@ -22,15 +22,6 @@ from vllm_modelslim.schemes.linear.w8a8_dynamic import W8A8DynamicLinearScheme
 from vllm_modelslim.schemes.registry import register_scheme
 
 
-def is_kv_consumer() -> bool:
-    """True when the vLLM config being built is a KV consumer (``kv_role`` consumer or both)."""
-    from vllm.config import get_current_vllm_config_or_none
-
-    config = get_current_vllm_config_or_none()
-    kv_transfer = None if config is None else config.kv_transfer_config
-    return kv_transfer is not None and bool(kv_transfer.is_kv_consumer)
-
-
 @register_scheme("W8A8_MIX", "linear")
 class W8A8MixLinearScheme(LinearScheme):
     """PD-mix W8A8: static math on decode (KV-consumer) instances, dynamic elsewhere."""
@@ -41,7 +32,7 @@ class W8A8MixLinearScheme(LinearScheme):
         super().__init__(context)
         self.static = W8A8StaticLinearScheme(context)
         self.dynamic = W8A8DynamicLinearScheme(context)
-        self.kv_consumer = is_kv_consumer()  # schemes are built with the model, under its vLLM config
+        self.kv_consumer = context.kv_consumer  # decided by the plugin from vLLM's kv_transfer_config
 
     def checkpoint_tensors(self):
         # The static set, with weight_scale required (the dynamic math needs it).

@@ -29,25 +29,19 @@ quantizes the float32 product directly; the two differ only in bf16 runs).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from vllm.model_executor.layers.fused_moe import FusedMoeWeightScaleSupported
-from vllm.model_executor.utils import set_weight_attrs
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
-from vllm_modelslim.schemes.base import LayerContext, LinearScheme, decoding_loader
+from vllm_modelslim.schemes.base import LayerContext, LinearScheme
 
 W13, W2 = "w13", "w2"
 """vLLM's names of the fused gate/up and the down projection parameters."""
-
-_SHARD_INDEX = {W13: {"w1": 0, "w3": 1}, W2: {"w2": 0}}
-"""vLLM's expert shard ids (w1 = gate, w3 = up, w2 = down) → shard slot of per-shard tensors."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +57,7 @@ class MoEContext:
         num_experts: experts stored in the checkpoint (global, logical).
         description: the parsed description.
         checkpoint: safetensors header index of the model folder, when local.
+        kv_consumer: the engine is a KV-transfer consumer (see :class:`LayerContext`).
     """
 
     prefix: str
@@ -72,6 +67,7 @@ class MoEContext:
     num_experts: int
     description: QuantDescription
     checkpoint: CheckpointIndex | None = None
+    kv_consumer: bool = False
 
     def shard_prefixes(self, expert: int, projection: str) -> tuple[str, ...]:
         """Checkpoint prefixes of ``expert``'s shards of ``projection`` (``w13``: gate, up; ``w2``: down)."""
@@ -88,6 +84,7 @@ class MoEContext:
             description=self.description,
             checkpoint=self.checkpoint,
             row_parallel=projection == W2,
+            kv_consumer=self.kv_consumer,
         )
 
 
@@ -159,44 +156,52 @@ class MoEScheme:
     def check_layer(self, tp_size: int) -> None:
         """Raise for a layer configuration this scheme cannot compute exactly (default: none)."""
 
-    # --- parameters -----------------------------------------------------------
+    # --- declarations -----------------------------------------------------------
 
-    def create_weights(
-        self,
-        layer: torch.nn.Module,
-        num_local_experts: int,
-        hidden_size: int,
-        intermediate_size_per_partition: int,
-        params_dtype: torch.dtype,
-        weight_loader: Callable,
-        global_expert_ids: list[int],
-    ) -> None:
-        """Register ``w13_<suffix>`` and ``w2_<suffix>`` parameters ``[E_local, ...]`` on ``layer``.
+    def expert_tensors(
+        self, hidden_size: int, intermediate_size_per_partition: int
+    ) -> list[tuple[str, CheckpointTensor, tuple[int, ...] | None, int]]:
+        """Every stacked tensor of the layer: ``(name, declaration, one expert's shape, shards)``.
 
-        Args:
-            global_expert_ids: global expert id of each local expert (their
-                projection schemes are built now, under vLLM's config).
+        ``name`` is the layer parameter (``w13_<suffix>``, ``w2_<suffix>``);
+        the shape is ``[N, K]``-style for weights and channel/group scales, one
+        shard's shape for ``PER_SHARD_TENSOR`` (None: optional and absent) and
+        ``()`` for ``PER_SHARD`` scalars. w13 has two shards (gate, up), w2 one.
 
         Raises:
             CheckpointTensorError: a packed or grouped dimension of the
                 (tensor-parallel) partition is not divisible.
         """
-        shapes = {
-            W13: (2 * intermediate_size_per_partition, hidden_size, [intermediate_size_per_partition] * 2),
-            W2: (hidden_size, intermediate_size_per_partition, [hidden_size]),
-        }
+        tensors = []
+        shapes = self.projection_shapes(hidden_size, intermediate_size_per_partition)
         for name, (n, k, widths) in shapes.items():
             scheme = self.projection(name)
             scheme.check_partition(widths, k, what="per tensor-parallel partition: ")
             symbols = ShapeSymbols(n, k, scheme.group_size)
             for spec in scheme.checkpoint_tensors():
-                param = self._make_parameter(
-                    layer, name, spec, symbols, num_local_experts, len(widths), weight_loader
-                )
-                if param is not None:
-                    layer.register_parameter(f"{name}_{spec.suffix}", param)
-        layer.modelslim_widths = {name: widths for name, (_, _, widths) in shapes.items()}
-        layer.modelslim_params_dtype = params_dtype
+                if spec.role is TensorRole.PER_SHARD_TENSOR:
+                    shape = scheme.per_shard_tensor_shape(spec)
+                elif spec.role is TensorRole.PER_SHARD:
+                    shape = ()
+                else:
+                    shape = symbols.shape(spec.shape)  # type: ignore[assignment]
+                tensors.append((f"{name}_{spec.suffix}", spec, shape, len(widths)))
+        return tensors
+
+    @staticmethod
+    def projection_shapes(
+        hidden_size: int, intermediate_size_per_partition: int
+    ) -> dict[str, tuple[int, int, list[int]]]:
+        """``{w13|w2: (N, K, shard widths)}`` of one expert on this rank."""
+        inter = intermediate_size_per_partition
+        return {W13: (2 * inter, hidden_size, [inter, inter]), W2: (hidden_size, inter, [hidden_size])}
+
+    def prepare_experts(self, global_expert_ids: list[int]) -> None:
+        """Build the projection schemes of this rank's experts (global ids, in local order).
+
+        Called while vLLM builds the model, so that every scheme is made under
+        the model's configuration.
+        """
         self._expert_schemes = [
             (
                 self.projection_scheme(self.context.projection_context(e, W13)),
@@ -204,45 +209,6 @@ class MoEScheme:
             )
             for e in global_expert_ids
         ]
-
-    def _make_parameter(
-        self,
-        layer: torch.nn.Module,
-        name: str,
-        spec: CheckpointTensor,
-        symbols: ShapeSymbols,
-        num_experts: int,
-        num_shards: int,
-        vllm_loader: Callable,
-    ) -> torch.nn.Parameter | None:
-        if spec.role in (TensorRole.PER_SHARD, TensorRole.PER_SHARD_TENSOR):
-            per_shard = spec.role is TensorRole.PER_SHARD_TENSOR
-            shape = self.projection(name).per_shard_tensor_shape(spec) if per_shard else ()
-            if shape is None:
-                return None
-            data = torch.full((num_experts, num_shards, *shape), spec.fill, dtype=spec.param_dtype)
-            param = torch.nn.Parameter(data, requires_grad=False)
-            loader = _per_shard_loader(layer, _SHARD_INDEX[name])
-            set_weight_attrs(
-                param,
-                {"weight_loader": loader if spec.decode is None else decoding_loader(loader, spec.decode)},
-            )
-            return param
-        data = torch.full((num_experts, *symbols.shape(spec.shape)), spec.fill, dtype=spec.param_dtype)  # type: ignore[misc]
-        param = torch.nn.Parameter(data, requires_grad=False)
-        group = spec.role is TensorRole.PER_GROUP
-        loader = vllm_loader if spec.decode is None else decoding_loader(vllm_loader, spec.decode)
-        set_weight_attrs(
-            param,
-            {
-                "weight_loader": loader,
-                "quant_method": (
-                    FusedMoeWeightScaleSupported.GROUP if group else FusedMoeWeightScaleSupported.CHANNEL
-                ).value,
-                "is_transposed": False,
-            },
-        )
-        return param
 
     # --- after loading ---------------------------------------------------------
 
@@ -293,17 +259,3 @@ class MoEScheme:
             expert_map=getattr(layer, "expert_map", None),
             apply_router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
         )
-
-
-def _per_shard_loader(layer: torch.nn.Module, shard_index: dict[str, int]) -> Callable:
-    """Loader of a per-(expert, shard) tensor: vLLM's own keeps one value per expert, the last shard's."""
-
-    def load(param, loaded_weight, weight_name, shard_id, expert_id, return_success=False):
-        local = layer._map_global_expert_id_to_local_expert_id(expert_id)
-        if local == -1:
-            return False if return_success else None
-        target = param.data[local, shard_index[shard_id]]
-        target.copy_(loaded_weight.reshape(target.shape))
-        return True if return_success else None
-
-    return load
