@@ -168,6 +168,49 @@ def test_vllm_default_int8_path_is_inexact_without_int8_dot_products():
     assert errors["CPUInt8ScaledMMLinearKernel"] > 1e-6, errors  # not exact (observed larger on AVX2)
 
 
+F32, BF16, F16 = torch.float32, torch.bfloat16, torch.float16
+
+
+@pytest.mark.parametrize(
+    "isa,static,symmetric,dtype,vllm_keeps",
+    [
+        # AVX2 only: vLLM's oneDNN int8 GEMM loses the exact int32 accumulation
+        ("avx2", False, True, BF16, False),
+        ("avx2", True, False, F32, False),
+        # VNNI: oneDNN is exact for every case
+        ("vnni", False, True, F32, True),
+        ("vnni", False, True, BF16, True),
+        ("vnni", True, True, F32, True),
+        ("vnni", True, False, BF16, True),
+        # AMX: symmetric layers may take the SGL path (bf16/fp16 only, per-token quantization)
+        ("amx", False, True, F32, False),  # would raise "expect A to be bfloat16 or half"
+        ("amx", False, True, BF16, True),
+        ("amx", False, True, F16, True),
+        ("amx", True, True, BF16, False),  # SGL would ignore the static input scale
+        ("amx", True, False, F32, True),  # asymmetric: oneDNN, exact
+    ],
+)
+def test_auto_rules_per_cpu_isa(monkeypatch, isa, static, symmetric, dtype, vllm_keeps):
+    """Which vLLM CPU int8 path a layer would take on each ISA, and whether ``auto`` leaves it to vLLM."""
+    from vllm_modelslim.plugin.compressed_tensors import kernel_choice
+
+    monkeypatch.setattr(kernel_choice, "cpu_has_int8_dot", lambda: isa != "avx2")
+    monkeypatch.setattr(kernel_choice, "cpu_has_amx_tiles", lambda: isa == "amx")
+    monkeypatch.setattr(kernel_choice, "vllm_cpu_op", lambda name: True)
+    exact, why = vllm_cpu_int8_path(static, symmetric, dtype)
+    assert exact is vllm_keeps, why
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+    config = Int8ScaledMMLinearLayerConfig(
+        is_static_input_scheme=static, is_channelwise=True, input_symmetric=symmetric
+    )
+    with _default_dtype(dtype):
+        ours, reason = ModelSlimInt8ScaledMMLinearKernel.can_implement(config)
+    if not static and not symmetric:
+        assert not ours  # per-token zero points: neither ours nor (exactly) vLLM's
+    else:
+        assert ours is not vllm_keeps, reason
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
 def test_vllm_int8_path_that_auto_keeps_is_exact(static, dtype):
