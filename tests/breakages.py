@@ -28,6 +28,7 @@ from vllm_modelslim.format import (
     LayerNotDescribedError,
     PackedShardMismatchError,
     UnknownQuantTypeError,
+    UnusedDescriptionEntryError,
 )
 
 DESCRIPTION = "quant_model_description.json"
@@ -176,6 +177,21 @@ def plant_pickle(folder: Path) -> Path:
     return marker
 
 
+def mark_float(prefix: str) -> Callable[[dict], dict]:
+    """Description edit: every entry of layer ``prefix`` says FLOAT."""
+    return lambda d: {k: "FLOAT" if k.startswith(prefix + ".") else v for k, v in d.items()}
+
+
+def float_weight_keeping_scales(prefix: str) -> Callable[[Path], None]:
+    """A FLOAT description and a bf16 weight for ``prefix``, but its scales and offsets still stored."""
+
+    def apply(folder: Path) -> None:
+        edit_description(mark_float(prefix))(folder)
+        edit_tensors(replace_tensor(f"{prefix}.weight", lambda t: t.to(torch.bfloat16)))(folder)
+
+    return apply
+
+
 def only_pickled_weights(folder: Path) -> None:
     for path in folder.glob("*.safetensors"):
         path.unlink()
@@ -198,7 +214,14 @@ CASES = [
      LayerNotDescribedError, DESCRIPTION, f"{L1}.self_attn.o_proj"),
     ("description-for-another-model", "w8a8_dynamic",
      edit_description(lambda d: {k.replace("layers.1.", "layers.7."): v for k, v in d.items()}),
-     LayerNotDescribedError, DESCRIPTION, f"{L1}.self_attn.qkv_proj"),
+     UnusedDescriptionEntryError, DESCRIPTION, "model.layers.7.self_attn.q_proj.weight"),
+    ("description-layer-beyond-model", "w8a8_dynamic",
+     edit_description(set_entry("model.layers.99.mlp.down_proj.weight", "W8A8_DYNAMIC")),
+     UnusedDescriptionEntryError, DESCRIPTION, "model.layers.99.mlp.down_proj.weight"),
+    ("float-layer-stores-int8", "w8a8_dynamic", edit_description(mark_float(f"{L0}.mlp.down_proj")),
+     CheckpointTensorError, WEIGHTS, f"{L0}.mlp.down_proj"),
+    ("float-layer-stores-scales", "w8a16", float_weight_keeping_scales(f"{L1}.self_attn.o_proj"),
+     CheckpointTensorError, WEIGHTS, f"{L1}.self_attn.o_proj"),
     ("unknown-quant-type", "w8a8_dynamic", edit_description(set_entry(f"{L0}.mlp.down_proj.weight", "W3A5")),
      UnknownQuantTypeError, DESCRIPTION, f"{L0}.mlp.down_proj"),
     ("packed-shards-disagree", "w8a8_dynamic",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 
 COMMANDS = {
     "demo": "build the demo model, quantize it with msmodelslim, run it in vLLM with quantization='ascend'",
@@ -33,8 +34,12 @@ def main(argv: list[str] | None = None) -> int:
 def inspect_main(argv: list[str]) -> int:
     """``vllm-modelslim inspect DIR [--json] [--headers-only]``.
 
+    A bad checkpoint is never an internal error: every problem is reported and
+    the exit code is 1. Anything else that goes wrong while inspecting (a bug)
+    prints its traceback to stderr and gives 2, so scripts can tell the two apart.
+
     Returns:
-        0 when the folder would load, 1 when problems were found, 2 on usage errors.
+        0 when the folder would load, 1 when problems were found, 2 on usage or internal errors.
     """
     parser = argparse.ArgumentParser(
         prog="vllm-modelslim inspect",
@@ -49,16 +54,27 @@ def inspect_main(argv: list[str]) -> int:
         action="store_true",
         help="do not read scale/offset values (only safetensors headers)",
     )
-    args = parser.parse_args(argv)
-    from vllm_modelslim.inspection import inspect_checkpoint
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # usage error (2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        from vllm_modelslim.inspection import inspect_checkpoint
 
-    report = inspect_checkpoint(args.folder, read_values=not args.headers_only)
-    if args.json:
-        print(json.dumps(report.to_json(), indent=2, default=str))
-    else:
-        from vllm_modelslim.inspection.render import render_report
+        report = inspect_checkpoint(args.folder, read_values=not args.headers_only)
+        if args.json:
+            print(json.dumps(report.to_json(), indent=2, default=str))
+        else:
+            from vllm_modelslim.inspection.render import render_report
 
-        render_report(report)
+            render_report(report)
+    except Exception:  # noqa: BLE001 - a bug in inspect, not a problem of the checkpoint
+        traceback.print_exc()
+        print(
+            "vllm-modelslim inspect: internal error (the traceback above); please report it",
+            file=sys.stderr,
+        )
+        return 2
     return 0 if report.loadable else 1
 
 

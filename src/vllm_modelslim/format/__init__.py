@@ -24,6 +24,7 @@ from vllm_modelslim.format.errors import (
     ModelSlimFormatError,
     PackedShardMismatchError,
     UnknownQuantTypeError,
+    UnusedDescriptionEntryError,
 )
 from vllm_modelslim.format.layer_lookup import LayerQuant, resolve_layer, shard_prefixes
 from vllm_modelslim.format.packed_modules import PACKED_MODULES_BY_MODEL_TYPE, packed_modules_for
@@ -45,6 +46,7 @@ __all__ = [
     "QuantDescription",
     "TensorInfo",
     "UnknownQuantTypeError",
+    "UnusedDescriptionEntryError",
     "find_description_file",
     "load_description",
     "packed_modules_for",

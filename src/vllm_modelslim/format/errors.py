@@ -45,6 +45,10 @@ class DescriptionFormatError(ModelSlimFormatError):
     """The description file is not valid JSON, not an object, or has bad values."""
 
 
+class UnusedDescriptionEntryError(DescriptionFormatError):
+    """The description lists tensors of layers (or experts) the model does not have."""
+
+
 class LayerNotDescribedError(ModelSlimFormatError):
     """A quantizable layer has no ``<prefix>.weight`` entry in the description."""
 

@@ -55,6 +55,7 @@ KV_CACHE_STORAGE_OPTION = "modelslim_kv_cache_storage"
 """``additional_config`` key: ``"int8"`` (default) stores a C8 cache as int8 where the attention
 backend allows it, ``"model-dtype"`` keeps the model dtype (same numerics, no memory saving)."""
 
+
 def is_kv_consumer() -> bool:
     """True when the vLLM config being built is a KV consumer (``kv_role`` consumer or both).
 

@@ -29,10 +29,16 @@ def register_plugin() -> None:
 
 
 class _ToVllmLogger(logging.Handler):
-    """Hands each record to the ``vllm`` logger's handlers, as configured at that moment."""
+    """Hands each record to the ``vllm`` logger's own handlers, as configured at that moment.
+
+    Only its handlers, not its parents: the record still propagates from the
+    plugin's logger to the root logger as usual, so it is not shown twice.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger("vllm").handle(record)
+        for handler in logging.getLogger("vllm").handlers:
+            if record.levelno >= handler.level:
+                handler.handle(record)
 
 
 def share_vllm_log_handlers() -> None:

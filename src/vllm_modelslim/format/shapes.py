@@ -1,9 +1,11 @@
 """Expected linear-layer sizes from ``config.json``, for checking a checkpoint without vLLM.
 
 When vLLM loads a model it knows every layer's ``N`` (output features) and
-``K`` (input features) from the model class. ``vllm-modelslim inspect`` has no
-model, so it derives them from the Hugging Face config for the projection
-names of Llama-style decoders (Qwen2/3, Llama, Mistral, Qwen3-MoE):
+``K`` (input features) from the model class. The layer plan
+(:mod:`vllm_modelslim.format.layer_plan`), which the loader and
+``vllm-modelslim inspect`` share, has no model, so it derives them from the
+Hugging Face config for the projection names of Llama-style decoders
+(Qwen2/3, Llama, Mistral, Qwen3-MoE):
 
 ====================  =================================  ====================
 projection            N                                  K
