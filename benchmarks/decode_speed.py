@@ -195,8 +195,8 @@ def main() -> None:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
         skip = ("asym", "c8", "mix", "m4")
         args.recipes = [n for n in fast if RECIPES[n].moe == args.moe and not any(s in n for s in skip)]
-    from vllm_modelslim.plugin.compressed_tensors import KERNELS_ENV
     from vllm_modelslim.examples.llmcompressor_runner import quantize_with_llmcompressor
+    from vllm_modelslim.plugin.compressed_tensors import KERNELS_ENV
 
     runs = [("BF16", model, None, "bfloat16", {}), ("FP32", model, None, "float32", {})]
     runs += [(recipe, quantize(model, recipe), "ascend", "bfloat16", {}) for recipe in args.recipes]

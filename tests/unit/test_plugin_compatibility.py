@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import re
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from vllm.model_executor.layers.quantization import get_quantization_config
 
 import vllm_modelslim
