@@ -18,7 +18,8 @@ block by block to float32 (with the float32 scales, into a shared scratch buffer
 That reads torch's packed layout, measured on torch 2.13: blocks of 64 output
 channels, each ``[K, 32]`` bytes whose low nibble is channel ``j`` and high
 nibble channel ``j + 32`` of the block. The layout is checked against the
-weight at load; if it differs (another torch), only the op is used.
+weight at load; if it differs (another torch, or torch's AVX2 or Arm code, which
+pack 32-channel blocks), only the op is used.
 """
 
 from __future__ import annotations
