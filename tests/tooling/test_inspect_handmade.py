@@ -16,27 +16,12 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from tiny_qwen3_shapes import PROJECTION_SIZES, tiny_qwen3_config
 from vllm_modelslim.cli import main
 from vllm_modelslim.inspection import inspect_checkpoint
 
-CONFIG = {
-    "model_type": "qwen3",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "intermediate_size": 128,
-    "num_hidden_layers": 1,
-}
-PROJECTIONS = {
-    "self_attn.q_proj": (64, 64),
-    "self_attn.k_proj": (32, 64),
-    "self_attn.v_proj": (32, 64),
-    "self_attn.o_proj": (64, 64),
-    "mlp.gate_proj": (128, 64),
-    "mlp.up_proj": (128, 64),
-    "mlp.down_proj": (64, 128),
-}
+CONFIG = tiny_qwen3_config(1)
+PROJECTIONS = PROJECTION_SIZES
 WEIGHTS = "quant_model_weights-00001-of-00001.safetensors"
 DESCRIPTION = "quant_model_description.json"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tiny_qwen3_shapes import PROJECTION_SIZES, tiny_qwen3_config
 from vllm_modelslim.format import (
     CheckpointIndex,
     CheckpointTensorError,
@@ -25,25 +26,9 @@ FOLDER = Path("/ckpt")
 WEIGHTS = FOLDER / "quant_model_weights-00001-of-00001.safetensors"
 DESCRIPTION = str(FOLDER / "quant_model_description.json")
 
-# A 2-layer Qwen3-style model: q 64, k/v 32 (2 KV heads of 16), o 64x64, gate/up 128x64, down 64x128.
-CONFIG = {
-    "model_type": "qwen3",
-    "hidden_size": 64,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 2,
-    "head_dim": 16,
-    "intermediate_size": 128,
-    "num_hidden_layers": 2,
-}
-SIZES = {
-    "self_attn.q_proj": (64, 64),
-    "self_attn.k_proj": (32, 64),
-    "self_attn.v_proj": (32, 64),
-    "self_attn.o_proj": (64, 64),
-    "mlp.gate_proj": (128, 64),
-    "mlp.up_proj": (128, 64),
-    "mlp.down_proj": (64, 128),
-}
+# A 2-layer Qwen3-style model (tests/tiny_qwen3_shapes.py).
+CONFIG = tiny_qwen3_config(2)
+SIZES = PROJECTION_SIZES
 
 
 def w8a8_dynamic(name: str, n: int, k: int) -> dict[str, tuple[torch.dtype, tuple[int, ...]]]:
