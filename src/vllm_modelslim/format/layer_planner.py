@@ -248,79 +248,78 @@ class LayerPlanner:
         """Plan one routed-experts layer (expert 0 decides the quant type, every expert is checked)."""
         gate, up, down = projections or self._expert_projections(prefix)
         num_experts = num_experts or self._num_experts() or last_expert + 1
-        shards = (f"{prefix}.0.{gate}", f"{prefix}.0.{up}", f"{prefix}.0.{down}")
+
+        def expert_shards(expert: int) -> tuple[str, str, str]:
+            return (f"{prefix}.{expert}.{gate}", f"{prefix}.{expert}.{up}", f"{prefix}.{expert}.{down}")
+
         first = self.description.quant_type(f"{prefix}.0.{gate}.weight")
         planned = PlannedLayer(
-            prefix, MOE, first or "?", shards, num_experts=num_experts, projections=(gate, up, down)
+            prefix, MOE, first or "?", expert_shards(0), num_experts=num_experts, projections=(gate, up, down)
         )
-        intermediate, hidden = projection_sizes(self.config, shards[0]) or (None, None)
+        intermediate, hidden = projection_sizes(self.config, planned.shards[0]) or (None, None)
         if intermediate and hidden:
             planned.out_features, planned.in_features = (intermediate, intermediate), hidden
-        if first is None:
-            planned.errors.append(
-                LayerNotDescribedError(
-                    f"the description has no entry '{shards[0]}.weight' (expert 0 decides the type)",
+        try:
+            if first is None:
+                raise LayerNotDescribedError(
+                    f"the description has no entry '{planned.shards[0]}.weight' (expert 0 decides the type)",
                     file=self.description.source,
                     layer=prefix,
                 )
-            )
-            return planned
-        try:
-            check_expert_entries(
-                self.description,
-                prefix,
-                first,
-                num_experts,
-                lambda e: (f"{prefix}.{e}.{gate}", f"{prefix}.{e}.{up}", f"{prefix}.{e}.{down}"),
-            )
+            check_expert_entries(self.description, prefix, first, num_experts, expert_shards)
+            if first == FLOAT:
+                for expert in range(num_experts):
+                    planned.errors.extend(self._float_layer_errors(prefix, expert_shards(expert)))
+                return planned
+            self._moe_scheme(planned)
         except ModelSlimFormatError as error:
             planned.errors.append(error)
             return planned
-        if first == FLOAT:
-            for expert in range(num_experts):
-                expert_shards = (
-                    f"{prefix}.{expert}.{gate}",
-                    f"{prefix}.{expert}.{up}",
-                    f"{prefix}.{expert}.{down}",
-                )
-                planned.errors.extend(self._float_layer_errors(prefix, expert_shards))
-            return planned
+        if self.checkpoint is not None:
+            planned.errors.extend(self._expert_header_errors(planned))
+        return planned
+
+    def _moe_scheme(self, planned: PlannedLayer) -> None:
+        """Set the MoE scheme class and instance of ``planned`` (raises for an unknown quant type)."""
         schemes = _schemes()
-        try:
-            planned.scheme_class = schemes.require(first, MOE, layer=prefix, file=self.description.source)
-            context = schemes.MoEContext(
-                prefix=prefix,
-                quant_type=first,
-                checkpoint_prefix=prefix,
-                projections=(gate, up, down),
-                num_experts=num_experts,
-                description=self.description,
-                checkpoint=self.checkpoint,
-            )
-            planned.scheme = planned.scheme_class(context)
-        except ModelSlimFormatError as error:
-            planned.errors.append(error)
-            return planned
-        if self.checkpoint is None:
-            return planned
+        source = self.description.source
+        planned.scheme_class = schemes.require(planned.quant_type, MOE, layer=planned.prefix, file=source)
+        context = schemes.MoEContext(
+            prefix=planned.prefix,
+            quant_type=planned.quant_type,
+            checkpoint_prefix=planned.prefix,
+            projections=planned.projections,
+            num_experts=planned.num_experts,
+            description=self.description,
+            checkpoint=self.checkpoint,
+        )
+        planned.scheme = planned.scheme_class(context)
+
+    def _expert_header_errors(self, planned: PlannedLayer) -> list[ModelSlimFormatError]:
+        """Every expert's w13/w2 tensors against its projection scheme's declarations."""
+        assert self.checkpoint is not None
+        known = planned.in_features is not None and planned.out_features is not None
+        hidden, intermediate = planned.in_features, planned.out_features[0] if planned.out_features else None
         sizes = {"w13": ([intermediate, intermediate], hidden), "w2": ([hidden], intermediate)}
-        for expert in range(num_experts):
+        context = planned.scheme.context
+        errors: list[ModelSlimFormatError] = []
+        for expert in range(planned.num_experts):
             for projection, (out_features, in_features) in sizes.items():
                 scheme = planned.scheme.projection(projection)
                 try:
                     validate_layer_tensors(
                         self.checkpoint,
-                        layer=f"{prefix} (expert {expert}, {projection})",
-                        quant_type=first,
+                        layer=f"{planned.prefix} (expert {expert}, {projection})",
+                        quant_type=planned.quant_type,
                         shard_prefixes=context.shard_prefixes(expert, projection),
-                        shard_out_features=out_features if intermediate and hidden else None,
-                        in_features=in_features if intermediate and hidden else None,
+                        shard_out_features=out_features if known else None,
+                        in_features=in_features if known else None,
                         tensors=scheme.checkpoint_tensors(),
                         group_size=scheme.group_size,
                     )
                 except ModelSlimFormatError as error:
-                    planned.errors.append(error)
-        return planned
+                    errors.append(error)
+        return errors
 
     def _expert_projections(self, prefix: str) -> tuple[str, str, str]:
         """Gate, up and down names of the experts: the packed-module table, else the description."""
