@@ -31,13 +31,16 @@ def register_plugin() -> None:
 class _ToVllmLogger(logging.Handler):
     """Hands each record to the ``vllm`` logger's own handlers, as configured at that moment.
 
-    Only its handlers, not its parents: the record still propagates from the
-    plugin's logger to the root logger as usual, so it is not shown twice.
+    Only its handlers, not its parents, and none that the root logger also
+    has: the record still propagates from the plugin's logger to the root
+    logger as usual, so no handler sees it twice (test harnesses attach the
+    same capture handler to both).
     """
 
     def emit(self, record: logging.LogRecord) -> None:
+        reached_by_propagation = set(logging.getLogger().handlers)
         for handler in logging.getLogger("vllm").handlers:
-            if record.levelno >= handler.level:
+            if handler not in reached_by_propagation and record.levelno >= handler.level:
                 handler.handle(record)
 
 
