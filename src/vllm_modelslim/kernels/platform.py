@@ -33,9 +33,16 @@ def cpu_has_int8_dot() -> bool:
 
 
 def cpu_has_amx_tiles() -> bool:
-    """True when the CPU has AMX tiles (``amx_tile``; Sapphire Rapids and later).
+    """True when AMX tiles are usable (Sapphire Rapids and later, enabled by the OS).
 
     vLLM-CPU then routes symmetric int8 GEMMs to its AMX (SGL) kernels, whose
-    accepted activation dtypes differ from its oneDNN path.
+    accepted activation dtypes differ from its oneDNN path. The answer is
+    torch's own runtime check, the one vLLM makes (``check_cpu_sgl_kernel``);
+    the ``amx_tile`` CPU flag only where torch lacks it.
     """
+    import torch
+
+    is_amx_tile_supported = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    if is_amx_tile_supported is not None:
+        return bool(is_amx_tile_supported())
     return "amx_tile" in cpu_flags()

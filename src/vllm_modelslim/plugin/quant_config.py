@@ -36,7 +36,7 @@ from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.checkpoint_checks import NORM_BIAS_SUFFIX, unsupported_layer_error
 from vllm_modelslim.format.description import QuantDescription, load_description
 from vllm_modelslim.format.errors import DescriptionFormatError, UnknownQuantTypeError
-from vllm_modelslim.format.kv_cache_c8 import C8, CACHE_SCALE_RENAMES, kv_channels_of
+from vllm_modelslim.format.kv_cache_c8 import CACHE_SCALE_RENAMES, kv_channels_of
 from vllm_modelslim.format.layer_plan import LayerPlan, PlannedLayer, plan_layers
 from vllm_modelslim.format.packed_modules import checkpoint_layer_prefix, packed_modules_for
 from vllm_modelslim.plugin.compatibility import QUANTIZATION_METHOD_NAMES
@@ -44,7 +44,7 @@ from vllm_modelslim.plugin.kv_cache_method import C8KVCacheMethod
 from vllm_modelslim.plugin.linear_method import ModelSlimLinearMethod
 from vllm_modelslim.plugin.moe_method import ModelSlimFusedMoEMethod
 from vllm_modelslim.plugin.norm_bias import NormBiasTracker, register_rms_norm_bias
-from vllm_modelslim.schemes import LayerContext, require_scheme_class
+from vllm_modelslim.schemes import LayerContext
 from vllm_modelslim.schemes.attention import AttentionContext
 from vllm_modelslim.schemes.moe import MoEContext
 
@@ -248,10 +248,6 @@ class AscendModelSlimConfig(QuantizationConfig):
                 for error in plan.partition_errors(planned.prefix, tp):
                     raise error
 
-    def _scheme_class_for(self, quant_type: str, layer_type: str, layer: str) -> type:
-        source = self._require_description().source
-        return require_scheme_class(quant_type, layer_type, layer=layer, file=source)
-
     def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
         planned = self._planned_linear(prefix, layer, required=True)
@@ -299,8 +295,11 @@ class AscendModelSlimConfig(QuantizationConfig):
 
     def _attention_method(self, prefix: str) -> QuantizeMethodBase | None:
         checkpoint_prefix = self._name_map.get(prefix, prefix).removesuffix(".attn")
-        if checkpoint_prefix not in self.c8_prefixes:
-            return None
+        planned = self._layer_plan().get(f"{checkpoint_prefix}.attn")
+        if planned is None or planned.layer_type != "attention":
+            return None  # not a C8 layer: vLLM's float cache
+        planned.raise_first_error()
+        assert planned.scheme_class is not None
         description = self._require_description()
         context = AttentionContext(
             prefix=prefix,
@@ -310,8 +309,7 @@ class AscendModelSlimConfig(QuantizationConfig):
             kv_channels=self.kv_channels,
             int8_storage=self._int8_kv_storage(),
         )
-        scheme = self._scheme_class_for(C8, "attention", checkpoint_prefix)(context)
-        return C8KVCacheMethod(self, scheme)
+        return C8KVCacheMethod(self, planned.scheme_class(context))
 
     def _int8_kv_storage(self) -> bool:
         """Store C8 caches as int8: every layer is C8 (one cache layout) and the user did not opt out."""

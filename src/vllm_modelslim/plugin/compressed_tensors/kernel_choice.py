@@ -16,9 +16,10 @@ from vllm_modelslim.kernels.platform import cpu_has_amx_tiles, cpu_has_int8_dot
 KERNELS_ENV = "VLLM_MODELSLIM_CT_KERNELS"
 """Which CPU kernels vLLM's compressed-tensors linear schemes run (read when each layer picks its kernel):
 
-* ``auto`` (default): this project's only where vLLM's own CPU kernel is
-  missing or inexact (int8: no VNNI/AMX int8 dot products; int4/int8
-  weight-only: no ``cpu_gemm_wna16`` op or a shape it cannot run);
+* ``auto`` (default): vLLM's own int8 kernel where :func:`vllm_cpu_int8_path`
+  finds it exact for the layer and its activation dtype, this project's
+  elsewhere; this project's for weight-only layers (measured faster than
+  vLLM's ``cpu_gemm_wna16``);
 * ``always``: this project's wherever they can run (to compare, and in tests);
 * ``never``: vLLM's own (vLLM's default path; MoE experts then have no CPU method).
 """
