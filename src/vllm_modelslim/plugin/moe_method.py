@@ -70,12 +70,12 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
             self._check_headers(moe.hidden_dim_unpadded or hidden_size, moe.intermediate_size)
         expert_loader = extra_weight_attrs["weight_loader"]
         tensors = self.scheme.expert_tensors(hidden_size, intermediate_size_per_partition)
-        for name, spec, shape, shards in tensors:
+        for projection, spec, shape, shards in tensors:
             if shape is None:
                 continue  # an optional per-shard tensor the checkpoint does not store
-            shard_loader = _per_shard_loader(layer, _SHARD_INDEX[name.split("_", 1)[0]])
+            shard_loader = _per_shard_loader(layer, _SHARD_INDEX[projection])
             param = expert_parameter(spec, shape, num_experts, expert_loader, shard_loader, shards)
-            layer.register_parameter(name, param)
+            layer.register_parameter(f"{projection}_{spec.suffix}", param)
         shapes = self.scheme.projection_shapes(hidden_size, intermediate_size_per_partition)
         layer.modelslim_widths = {name: widths for name, (_, _, widths) in shapes.items()}
         layer.modelslim_params_dtype = params_dtype

@@ -161,10 +161,10 @@ class MoEScheme:
     def expert_tensors(
         self, hidden_size: int, intermediate_size_per_partition: int
     ) -> list[tuple[str, CheckpointTensor, tuple[int, ...] | None, int]]:
-        """Every stacked tensor of the layer: ``(name, declaration, one expert's shape, shards)``.
+        """Every stacked tensor of the layer: ``(projection, declaration, one expert's shape, shards)``.
 
-        ``name`` is the layer parameter (``w13_<suffix>``, ``w2_<suffix>``);
-        the shape is ``[N, K]``-style for weights and channel/group scales, one
+        ``projection`` is ``w13`` or ``w2`` (the layer parameter is
+        ``<projection>_<suffix>``); the shape is ``[N, K]``-style for weights and channel/group scales, one
         shard's shape for ``PER_SHARD_TENSOR`` (None: optional and absent) and
         ``()`` for ``PER_SHARD`` scalars. w13 has two shards (gate, up), w2 one.
 
@@ -185,7 +185,7 @@ class MoEScheme:
                     shape = ()
                 else:
                     shape = symbols.shape(spec.shape)  # type: ignore[assignment]
-                tensors.append((f"{name}_{spec.suffix}", spec, shape, len(widths)))
+                tensors.append((name, spec, shape, len(widths)))
         return tensors
 
     @staticmethod
