@@ -12,8 +12,9 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
 )
-from vllm_modelslim.kernels.selection import DISABLED_KERNELS_ENV, DISABLED_REASON
+from vllm_modelslim.kernels.selection import DISABLED_KERNELS_ENV, DISABLED_REASON, choose_kernel
 from vllm_modelslim.kernels.weight_only import (
+    WEIGHT_ONLY_INT8_KERNELS,
     CpuInt4PackWeightOnlyInt4,
     DequantMatmulWeightOnly,
     Int8PackWeightOnlyInt8,
@@ -59,6 +60,26 @@ def test_choice_is_logged_once_with_the_skipped_kernels(caplog):
         f"Selected kernel dequant_matmul for {tag} (weight-only int8 GEMM, per-channel scales); "
         f"skipped: cpu_int8pack ({reason(Int8PackWeightOnlyInt8, torch.float32)})"
     ]
+
+
+def test_kernels_of_other_devices_are_not_listed_as_skipped(caplog):
+    """On CPU the CUDA kernels heading the list are passed over silently; on CUDA the CPU ones are."""
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    cpu_tag, cuda_tag = label(), label()
+    cpu_config = WeightOnlyConfig(64, 32, 64, torch.float32, bits=8, device_type="cpu")
+    cuda_config = WeightOnlyConfig(64, 32, 64, torch.bfloat16, bits=8, device_type="cuda")
+    choose_kernel(WEIGHT_ONLY_INT8_KERNELS, cpu_config, cpu_tag)
+    choose_kernel(WEIGHT_ONLY_INT8_KERNELS, cuda_config, cuda_tag)
+    (cpu_line,) = selection_lines(caplog, cpu_tag)
+    (cuda_line,) = selection_lines(caplog, cuda_tag)
+    cuda_only = [k.name for k in WEIGHT_ONLY_INT8_KERNELS if k.device_types == frozenset({"cuda"})]
+    cpu_only = [k.name for k in WEIGHT_ONLY_INT8_KERNELS if k.device_types == frozenset({"cpu"})]
+    assert cuda_only and cpu_only
+    assert not any(name in cpu_line for name in cuda_only)
+    assert not any(name in cuda_line for name in cpu_only)
+    # Without a GPU (or without vLLM's CUDA ops) the CUDA kernels are skipped on "cuda" with a reason.
+    if not torch.cuda.is_available():
+        assert all(f"{name} (" in cuda_line for name in cuda_only)
 
 
 def reason(kernel, act_dtype):

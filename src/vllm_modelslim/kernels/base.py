@@ -16,6 +16,9 @@ class QuantKernel(torch.nn.Module):
     """
 
     name: ClassVar[str] = "kernel"
+    device_types: ClassVar[frozenset[str] | None] = None
+    """Device types the kernel is built for (None: any). Selection passes over a kernel built for
+    other devices without listing it among the skipped ones (a CUDA kernel is not news on CPU)."""
     copies_weight: ClassVar[bool] = False
     """True when the kernel keeps its own copy of the weight (e.g. a library's prepacked layout),
     so that the layer's checkpoint tensor can be freed after loading."""

@@ -14,6 +14,15 @@ projection per active expert); :func:`grouped_experts_reference` calls the
 expert once per (token, slot) and sums in float64, the oracle it is tested
 against. Row-wise expert math (per-token activation quantization included)
 makes the two agree up to the float64-vs-float32 combine.
+
+While a CUDA graph is being captured (vLLM captures decode batches),
+:func:`grouped_experts_forward` takes :func:`grouped_experts_dense` instead:
+the grouping needs the per-expert row counts on the host (a device→host copy,
+not allowed in a capture), so each local expert runs on every row and the
+rows not routed to it are masked out of the sum. That is correct and
+capturable but reads every local expert's weights at each step (``E / k``
+times the weight traffic of the grouped path at one token); vLLM's fused
+Marlin MoE ops would avoid it and are not wired yet. Not run on a GPU yet.
 """
 
 from __future__ import annotations
@@ -63,6 +72,10 @@ def grouped_experts_forward(
     Returns:
         ``[T, H]`` in ``x.dtype`` (accumulated in float32).
     """
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return grouped_experts_dense(
+            x, topk_weights, topk_ids, experts, expert_map, apply_router_weight_on_input
+        )
     tokens, k = topk_ids.shape
     ids = _local_ids(topk_ids, expert_map).reshape(-1)
     weights = topk_weights.to(torch.float32).reshape(-1)
@@ -83,6 +96,32 @@ def grouped_experts_forward(
         y = _weighted_call(experts[expert], x[token_rows], row_weights, apply_router_weight_on_input)
         out.index_add_(0, token_rows, y.to(torch.float32))
         start = stop
+    return out.to(x.dtype)
+
+
+def grouped_experts_dense(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    experts: Sequence[ExpertForward],
+    expert_map: torch.Tensor | None = None,
+    apply_router_weight_on_input: bool = False,
+) -> torch.Tensor:
+    """:func:`grouped_experts_forward` without host synchronisation (CUDA-graph capturable).
+
+    Every local expert runs on all ``T`` rows; each row's output is weighted
+    by the routing weight of that expert (zero where it is not routed) and
+    masked out where it is not routed (so a non-finite output of an unrouted
+    row cannot reach the sum). Arguments and result as :func:`grouped_experts_forward`.
+    """
+    ids = _local_ids(topk_ids, expert_map)
+    weights = topk_weights.to(torch.float32)
+    out = torch.zeros(x.shape[0], x.shape[-1], dtype=torch.float32, device=x.device)
+    for expert_id, expert in enumerate(experts):
+        chosen = ids == expert_id  # [T, k]
+        row_weights = (weights * chosen).sum(dim=1, keepdim=True)
+        y = _weighted_call(expert, x, row_weights, apply_router_weight_on_input).to(torch.float32)
+        out += torch.where(chosen.any(dim=1, keepdim=True), y, 0.0)
     return out.to(x.dtype)
 
 

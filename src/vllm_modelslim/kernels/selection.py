@@ -8,7 +8,8 @@ always fits and cannot be disabled.
 
 The choice is logged once per distinct (purpose, chosen kernel), at info level
 on the ``vllm_modelslim.kernels`` logger, with the reason each higher-priority
-kernel was skipped (one line; a scheme may put its label before the family's purpose)::
+kernel was skipped (one line; a scheme may put its label before the family's purpose;
+kernels built only for other device types, ``QuantKernel.device_types``, are left out)::
 
     Selected kernel dequant_matmul for W8A16 (weight-only int8 GEMM, per-channel scales);
     skipped: cpu_int8pack (slow for torch.float32 activations)
@@ -113,6 +114,9 @@ def choose_kernel(
     disabled = frozenset() if forced is not None else disabled_kernels()
     skipped = []
     for kernel in [forced] if forced is not None else candidates:
+        other_device = kernel.device_types is not None and config.device_type not in kernel.device_types
+        if other_device and forced is None:
+            continue  # built for another device type: neither chosen nor worth a log entry
         if kernel.name in disabled:
             ok, why = False, DISABLED_REASON
         else:

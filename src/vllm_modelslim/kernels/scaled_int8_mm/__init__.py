@@ -10,10 +10,14 @@ from vllm_modelslim.kernels.scaled_int8_mm.reference import (
     scaled_int8_mm_reference,
 )
 from vllm_modelslim.kernels.scaled_int8_mm.torch_int_mm import TorchIntMMScaledInt8MM
+from vllm_modelslim.kernels.scaled_int8_mm.vllm_cutlass import VllmCutlassScaledInt8MM
 from vllm_modelslim.kernels.scaled_int8_mm.vllm_onednn import VllmOnednnScaledInt8MM
+from vllm_modelslim.kernels.scaled_int8_mm.vllm_wna16_int8_act import VllmWna16Int8ActScaledInt8MM
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 
 SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = priority_list(
+    VllmCutlassScaledInt8MM,
+    VllmWna16Int8ActScaledInt8MM,
     VllmOnednnScaledInt8MM,
     TorchIntMMScaledInt8MM,
     ReferenceScaledInt8MM,
@@ -27,6 +31,7 @@ def make_scaled_int8_mm(
     int_bias: torch.Tensor | None = None,
     kernel: type[ScaledInt8MMKernel] | None = None,
     label: str | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> ScaledInt8MMKernel:
     """Build the best kernel for an int8 (or int4-valued) weight ``[N, K]``.
 
@@ -37,6 +42,8 @@ def make_scaled_int8_mm(
         int_bias: optional int32 ``[N]`` added to the accumulator (per-channel only).
         kernel: force a kernel class instead of selecting one.
         label: what the layer is (e.g. a scheme's quant type), for the selection log line.
+        out_dtype: the dtype the layer's forward will ask for (kernels that write
+            only bf16/fp16, such as ``vllm_cutlass``, are chosen only when it is given).
 
     Raises:
         ValueError: the scale groups do not divide K, or ``VLLM_MODELSLIM_DISABLED_KERNELS`` is invalid.
@@ -52,6 +59,7 @@ def make_scaled_int8_mm(
         device_type=weight.device.type,
         group_size=in_features // groups if groups > 1 else 0,
         has_int_bias=int_bias is not None,
+        out_dtype=out_dtype,
     )
     scales = "per-group" if config.group_size else "per-channel"
     purpose = f"scaled int8 GEMM, {scales} scales" + (", int32 bias" if int_bias is not None else "")
@@ -67,7 +75,9 @@ __all__ = [
     "ScaledInt8MMConfig",
     "ScaledInt8MMKernel",
     "TorchIntMMScaledInt8MM",
+    "VllmCutlassScaledInt8MM",
     "VllmOnednnScaledInt8MM",
+    "VllmWna16Int8ActScaledInt8MM",
     "make_scaled_int8_mm",
     "scaled_int8_mm_reference",
 ]

@@ -38,6 +38,8 @@ class ScaledInt8MMConfig:
         device_type: where the weights live ("cpu", "cuda").
         group_size: K-group size of the weight scales (0: per output channel).
         has_int_bias: whether an int32 bias ``b_int`` is added to the accumulator.
+        out_dtype: the output dtype the layer asks for (None: not given; kernels
+            that write only some dtypes then refuse).
     """
 
     in_features: int
@@ -45,6 +47,7 @@ class ScaledInt8MMConfig:
     device_type: str = "cpu"
     group_size: int = 0
     has_int_bias: bool = False
+    out_dtype: torch.dtype | None = None
 
 
 class ScaledInt8MMKernel(Int8WeightKernel):

@@ -52,6 +52,7 @@ class VllmOnednnScaledInt8MM(ScaledInt8MMKernel):
     """
 
     name = "vllm_onednn"
+    device_types = frozenset({"cpu"})
     copies_weight = True
 
     @classmethod

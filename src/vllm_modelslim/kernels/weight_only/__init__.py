@@ -3,8 +3,10 @@
 One family: int8 weights with per-channel scales are the one-group case of
 grouped scales (``g = K``), so the portable and reference kernels serve both
 widths. The torch CPU ops keep their own kernels, as their layouts differ:
-``aten._weight_int8pack_mm`` (int8, per-channel) heads the int8 list,
-``aten._weight_int4pack_mm_for_cpu`` (packed nibbles) the int4 list.
+``aten._weight_int8pack_mm`` (int8, per-channel) heads the int8 list on CPU,
+``aten._weight_int4pack_mm_for_cpu`` (packed nibbles) the int4 list. On CUDA
+vLLM's Machete (sm90) and Marlin kernels come first in both (one class each,
+any width they support; see :mod:`vllm_modelslim.kernels.weight_only.vllm_gptq`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 import torch
 
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
-from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel
+from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel, zero_point_kind
 from vllm_modelslim.kernels.weight_only.cpu_int4pack import CpuInt4PackWeightOnlyInt4
 from vllm_modelslim.kernels.weight_only.dequant_matmul import DequantMatmulWeightOnly
 from vllm_modelslim.kernels.weight_only.int8pack import Int8PackWeightOnlyInt8
@@ -23,16 +25,26 @@ from vllm_modelslim.kernels.weight_only.reference import (
     dequantize_weight,
     weight_only_reference,
 )
+from vllm_modelslim.kernels.weight_only.vllm_machete import VllmMacheteWeightOnly
+from vllm_modelslim.kernels.weight_only.vllm_marlin import VllmMarlinWeightOnly
 
 WEIGHT_ONLY_INT8_KERNELS: list[type[WeightOnlyKernel]] = priority_list(
-    Int8PackWeightOnlyInt8, DequantMatmulWeightOnly, ReferenceWeightOnly
+    VllmMacheteWeightOnly,
+    VllmMarlinWeightOnly,
+    Int8PackWeightOnlyInt8,
+    DequantMatmulWeightOnly,
+    ReferenceWeightOnly,
 )
-"""Priority order for int8 weights; the reference kernel always qualifies."""
+"""Priority order for int8 weights (CUDA: Machete on sm90, then Marlin); the reference always qualifies."""
 
 WEIGHT_ONLY_INT4_KERNELS: list[type[WeightOnlyKernel]] = priority_list(
-    CpuInt4PackWeightOnlyInt4, DequantMatmulWeightOnly, ReferenceWeightOnly
+    VllmMacheteWeightOnly,
+    VllmMarlinWeightOnly,
+    CpuInt4PackWeightOnlyInt4,
+    DequantMatmulWeightOnly,
+    ReferenceWeightOnly,
 )
-"""Priority order for int4 weights; the reference kernel always qualifies."""
+"""Priority order for int4 weights (CUDA: Machete on sm90, then Marlin); the reference always qualifies."""
 
 WeightOnlyInt8Kernel = WeightOnlyInt4Kernel = WeightOnlyKernel
 dequantize_int8_weight = dequantize_int4_weight = dequantize_weight
@@ -98,6 +110,7 @@ def make_weight_only(
         act_dtype=act_dtype,
         bits=bits,
         device_type=weight.device.type,
+        zero_points=zero_point_kind(zero_point, bits),
     )
     scales = "per-channel" if config.per_channel else "per-group"
     purpose = f"weight-only int{bits} GEMM, {scales} scales"
@@ -140,6 +153,8 @@ __all__ = [
     "DequantMatmulWeightOnly",
     "Int8PackWeightOnlyInt8",
     "ReferenceWeightOnly",
+    "VllmMacheteWeightOnly",
+    "VllmMarlinWeightOnly",
     "WeightOnlyConfig",
     "WeightOnlyInt4Kernel",
     "WeightOnlyInt8Kernel",

@@ -27,6 +27,9 @@ class WeightOnlyConfig:
         act_dtype: dtype of the activations (the model dtype).
         bits: 8 (int8 values) or 4 (values in [−8, 7]); the weight is stored as int8 either way.
         device_type: where the weights live.
+        zero_points: "none" (symmetric), "integer" (every zero point an integer
+            ``z`` with ``z + 2^(bits−1)`` in the unsigned range ``[0, 2^bits)``,
+            the AWQ-style integer zero points of GPU kernels) or "float" (any other).
     """
 
     in_features: int
@@ -35,11 +38,22 @@ class WeightOnlyConfig:
     act_dtype: torch.dtype
     bits: int = 8
     device_type: str = "cpu"
+    zero_points: str = "none"
 
     @property
     def per_channel(self) -> bool:
         """One scale group per output channel (``g = K``)."""
         return self.group_size == self.in_features
+
+
+def zero_point_kind(zero_point: torch.Tensor | None, bits: int) -> str:
+    """Classify zero points for :attr:`WeightOnlyConfig.zero_points` ("none", "integer" or "float")."""
+    if zero_point is None:
+        return "none"
+    shifted = zero_point.to(torch.float64) + (1 << (bits - 1))
+    integral = torch.equal(shifted, shifted.round())
+    in_range = bool(shifted.min() >= 0) and bool(shifted.max() <= (1 << bits) - 1)
+    return "integer" if integral and in_range else "float"
 
 
 class WeightOnlyKernel(Int8WeightKernel):

@@ -46,6 +46,7 @@ class CpuInt4PackWeightOnlyInt4(RowDispatchMixin, WeightOnlyKernel):
     """``aten._weight_int4pack_mm_for_cpu`` (few rows) / float32 GEMM (many rows) kernel (CPU)."""
 
     name = "cpu_int4pack"
+    device_types = frozenset({"cpu"})
     copies_weight = True
 
     @classmethod

@@ -37,6 +37,7 @@ class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyKernel):
     """
 
     name = "cpu_int8pack"
+    device_types = frozenset({"cpu"})
     many_rows_from = MANY_ROWS_FROM
 
     @classmethod

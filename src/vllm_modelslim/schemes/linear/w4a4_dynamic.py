@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from vllm_modelslim.kernels import make_scaled_int8_mm
+from vllm_modelslim.kernels.activation_quantizers import make_activation_quant
 from vllm_modelslim.schemes.base import LinearScheme
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT4_IN_INT8_WEIGHT,
@@ -41,7 +42,14 @@ class W4A4DynamicLinearScheme(LinearScheme):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = require_int4_values(self, layer.weight.data)
         scale = self.float_param(layer, "weight_scale").reshape(-1)
-        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale, label=self.quant_type)
+        layer.modelslim_kernel = make_scaled_int8_mm(
+            weight, scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
+        )
+        layer.modelslim_act_quant = make_activation_quant(
+            weight.device, bits=ACTIVATION_BITS, label=self.quant_type
+        )
 
     def apply(self, layer, x, bias):
-        return apply_dynamic(layer.modelslim_kernel, x, bias, bits=ACTIVATION_BITS)
+        return apply_dynamic(
+            layer.modelslim_kernel, x, bias, bits=ACTIVATION_BITS, quantizer=layer.modelslim_act_quant
+        )

@@ -29,6 +29,7 @@ from __future__ import annotations
 import torch
 
 from vllm_modelslim.kernels import make_scaled_int8_mm
+from vllm_modelslim.kernels.activation_quantizers import make_activation_quant
 from vllm_modelslim.kernels.int4_packing import unpack_int4_pairs
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme, infer_group_size
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
@@ -88,7 +89,10 @@ class W4A8DynamicLinearScheme(LinearScheme):
         scale = self.float_param(layer, "weight_scale").reshape(-1)
         if self.per_group:
             scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
-        layer.modelslim_kernel = make_scaled_int8_mm(weight, scale, label=self.quant_type)
+        layer.modelslim_kernel = make_scaled_int8_mm(
+            weight, scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
+        )
+        layer.modelslim_act_quant = make_activation_quant(weight.device, bits=8, label=self.quant_type)
 
     def apply(self, layer, x, bias):
-        return apply_dynamic(layer.modelslim_kernel, x, bias)
+        return apply_dynamic(layer.modelslim_kernel, x, bias, quantizer=layer.modelslim_act_quant)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from vllm_modelslim.kernels import make_scaled_int8_mm
+from vllm_modelslim.kernels.activation_quantizers import make_activation_quant
 from vllm_modelslim.schemes.base import LinearScheme
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT8_WEIGHT,
@@ -36,7 +37,11 @@ class W8A8DynamicLinearScheme(LinearScheme):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
-        layer.modelslim_kernel = make_scaled_int8_mm(layer.weight.data, weight_scale, label=self.quant_type)
+        weight = layer.weight.data
+        layer.modelslim_kernel = make_scaled_int8_mm(
+            weight, weight_scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
+        )
+        layer.modelslim_act_quant = make_activation_quant(weight.device, bits=8, label=self.quant_type)
 
     def apply(self, layer, x, bias):
-        return apply_dynamic(layer.modelslim_kernel, x, bias)
+        return apply_dynamic(layer.modelslim_kernel, x, bias, quantizer=layer.modelslim_act_quant)
