@@ -55,14 +55,7 @@ def test_moe_schemes_name_their_projection_scheme():
     assert get_scheme_class("W4A4_DYNAMIC", "moe") is None
 
 
-@pytest.mark.parametrize("quant_type", ["W8A8", "W8A8_MIX"])
-def test_static_activation_experts_refuse_tensor_parallelism(quant_type):
-    from vllm_modelslim.format import UnknownQuantTypeError
-
-    scheme = _moe_scheme(quant_type)
-    scheme.check_layer(tp_size=1)
-    with pytest.raises(UnknownQuantTypeError, match="without tensor parallelism") as info:
-        scheme.check_layer(tp_size=2)
-    assert "model.layers.0.mlp.experts" in str(info.value)
-    assert "quant_model_description.json" in str(info.value)
-    _moe_scheme("W8A8_DYNAMIC").check_layer(tp_size=2)  # dynamic experts shard as vLLM does
+def test_every_moe_scheme_accepts_tensor_parallelism():
+    # Static experts too: their w2 quant_bias enters on MoE rank 0 only (schemes/linear/w8a8.rank_quant_bias).
+    for quant_type in ("W8A8_DYNAMIC", "W8A8", "W8A8_MIX", "W8A16", "W4A16", "W4A8_DYNAMIC"):
+        _moe_scheme(quant_type).check_layer(tp_size=2)

@@ -8,6 +8,7 @@ context, fixed seed.
 from __future__ import annotations
 
 import gc
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,32 @@ class Generation:
     cached_tokens: int = 0
 
 
+THREADS_BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+
+
+def cpu_threads_bind(ranks: int, cpus: list[int] | None = None) -> str:
+    """A ``VLLM_CPU_OMP_THREADS_BIND`` value giving each of ``ranks`` CPU workers its own cores.
+
+    vLLM-CPU's default (``auto``) binds each tensor-parallel rank to its own NUMA
+    node and fails on a host with fewer nodes than ranks; this splits the CPUs
+    this process may use into ``ranks`` contiguous runs instead (``"0|1"`` for two
+    ranks on two cores, ``"0-7|8-15"`` on sixteen).
+
+    Args:
+        ranks: CPU workers (tensor × pipeline parallel size).
+        cpus: the CPU ids to split (default: this process's affinity).
+
+    Raises:
+        ValueError: fewer CPUs than ranks.
+    """
+    cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    if ranks < 1 or len(cpus) < ranks:
+        raise ValueError(f"cannot give {ranks} CPU workers a core each from CPUs {cpus}")
+    share = len(cpus) // ranks
+    runs = [cpus[r * share : (r + 1) * share] for r in range(ranks)]
+    return "|".join(",".join(str(c) for c in run) for run in runs)
+
+
 def make_llm(
     model: str | Path,
     quantization: str | None = "ascend",
@@ -37,6 +64,11 @@ def make_llm(
     **overrides: Any,
 ):
     """A ``vllm.LLM`` for ``model`` with CPU-friendly defaults.
+
+    With ``tensor_parallel_size`` above 1 the workers run in processes
+    (``distributed_executor_backend="mp"``) and, unless ``VLLM_CPU_OMP_THREADS_BIND``
+    is already set, each rank is bound to its own share of the CPUs
+    (:func:`cpu_threads_bind`; this sets the variable for the process).
 
     Args:
         model: checkpoint folder.
@@ -58,6 +90,11 @@ def make_llm(
         seed=0,
     )
     kwargs.update(overrides)
+    ranks = int(kwargs.get("tensor_parallel_size", 1)) * int(kwargs.get("pipeline_parallel_size", 1))
+    if ranks > 1:
+        kwargs.setdefault("distributed_executor_backend", "mp")
+        if not os.environ.get(THREADS_BIND_ENV):
+            os.environ[THREADS_BIND_ENV] = cpu_threads_bind(ranks)
     return LLM(**kwargs)
 
 

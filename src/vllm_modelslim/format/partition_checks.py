@@ -39,13 +39,16 @@ def partition_errors(
 
     * column-parallel linear layers: each shard's N divides by the rank count
       (``k_proj``/``v_proj`` with fewer KV heads than ranks are replicated, as vLLM does);
-    * row-parallel linear layers: K divides by the rank count;
+    * row-parallel linear layers: K divides by the rank count, and so does a
+      per-group layer's K-group count (each rank holds whole groups); a scheme
+      that cannot run on K-slices (FlatQuant) says why;
     * then every declared tensor's template resolves for one rank's sizes: pack
       factors divide the per-rank N or K, and the group size divides the per-rank
       K (a row-parallel layer's group count divides by the rank count);
     * routed experts: the intermediate size divides, the same template check
       for one rank's w13 and w2, and the MoE scheme's own restrictions;
-    * layers vLLM replicates (:data:`REPLICATED_NAMES`) are not checked.
+    * layers vLLM replicates (:data:`REPLICATED_NAMES`) are not checked;
+    * a mixed fused layer is checked shard by shard, each with its own scheme.
 
     Args:
         planned: a planned layer (``linear`` or ``moe``; others give no errors).
@@ -59,6 +62,8 @@ def partition_errors(
     tp = tensor_parallel_size
     if tp <= 1 or planned.errors or planned.layer_type not in (LINEAR, MOE):
         return []
+    if planned.shard_layers:  # a mixed fused layer: each shard splits by its own scheme's rules
+        return [e for part in planned.shard_layers for e in partition_errors(part, tp, config, description)]
     if planned.layer_type == LINEAR and planned.prefix.rpartition(".")[2] in REPLICATED_NAMES:
         return []
     config = config or {}
@@ -78,6 +83,10 @@ def partition_errors(
             return [
                 error(f"this row-parallel layer's K = {k} input features do not split into {tp} equal parts")
             ]
+        if reason := getattr(planned.scheme, "row_parallel_split_error", None):
+            return [error(reason)]
+        if message := _group_split_error(planned.scheme, k, tp):
+            return [error(message)]
         widths, k_rank = list(planned.out_features), k // tp
     else:
         widths = []
@@ -115,10 +124,24 @@ def _moe_partition_errors(planned: PlannedLayer, tp: int, error: Any) -> list[Mo
         )
         return errors
     i_rank = intermediate // tp
+    if scheme is not None and (message := _group_split_error(scheme.projection("w2"), intermediate, tp)):
+        errors.append(error(f"w2: {message}"))
+        return errors
     if scheme is not None:
         for name, widths, k in (("w13", [i_rank, i_rank], hidden), ("w2", [hidden], i_rank)):
             errors.extend(error(f"{name}: {m}") for m in _template_errors(scheme.projection(name), widths, k))
     return errors
+
+
+def _group_split_error(scheme: Any, k: int, tp: int) -> str | None:
+    """Message for a row-parallel per-group layer whose K-groups do not split into whole groups per rank."""
+    group_size = getattr(scheme, "group_size", 0) if scheme is not None else 0
+    if not group_size or k % group_size or (k // group_size) % tp == 0:
+        return None  # per-channel, or a K the declared templates report on
+    return (
+        f"its {k // group_size} K-groups of {group_size} input features do not split into {tp} "
+        "equal parts (each rank must hold whole groups)"
+    )
 
 
 def _template_errors(scheme: Any, widths: Sequence[int], k: int) -> list[str]:

@@ -79,7 +79,8 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
         shapes = self.scheme.projection_shapes(hidden_size, intermediate_size_per_partition)
         layer.modelslim_widths = {name: widths for name, (_, _, widths) in shapes.items()}
         layer.modelslim_params_dtype = params_dtype
-        self.scheme.prepare_experts(self._global_ids(layer, num_experts))
+        parallel = moe.moe_parallel_config
+        self.scheme.prepare_experts(self._global_ids(layer, num_experts), parallel.tp_rank, parallel.tp_size)
 
     @staticmethod
     def _global_ids(layer: torch.nn.Module, num_local: int) -> list[int]:

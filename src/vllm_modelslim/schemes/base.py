@@ -84,6 +84,8 @@ class LinearScheme(ABC):
     """
 
     quant_type: ClassVar[str]
+    row_parallel_split_error: ClassVar[str | None] = None
+    """Why a row-parallel layer of this scheme cannot run on K-slices (None: it can)."""
 
     def __init__(self, context: LayerContext):
         self.context = context

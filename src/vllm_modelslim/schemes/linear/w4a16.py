@@ -62,10 +62,12 @@ class W4A16LinearScheme(LinearScheme):
             return unpack_int4_pairs(layer.weight.data, dim=0)
         packed = layer.weight_packed.data
         in_features = packed.shape[1] * INT4_IN_INT32_WEIGHT.packed_factor
+        tp = getattr(layer, "tp_size", 1)  # weight_shape is the whole shard's; this rank holds a part
         for width, stored in zip(layer.logical_widths, layer.weight_shape.data.tolist(), strict=True):
-            if stored != [width, in_features]:
+            full = [width, in_features * tp] if self.context.row_parallel else [width * tp, in_features]
+            if stored != full:
                 raise CheckpointTensorError(
-                    f"weight_shape {stored} does not match the shard's [{width}, {in_features}]",
+                    f"weight_shape {stored} does not match the shard's {full}",
                     file=self.error_file("weight_shape"),
                     layer=self.context.prefix,
                 )

@@ -43,6 +43,10 @@ class W4A4FlatQuantLinearScheme(LinearScheme):
     """FlatQuant int4 × int4 linear layer."""
 
     quant_type = "W4A4_FLATQUANT_DYNAMIC"
+    row_parallel_split_error = (
+        "FlatQuant's Kronecker transform mixes all K input features, and a row-parallel layer "
+        "holds only a K-slice on each rank; run FlatQuant checkpoints without tensor parallelism"
+    )
 
     def checkpoint_tensors(self):
         return (

@@ -97,7 +97,12 @@ class ExpertProjection(torch.nn.Module):
     """
 
     def __init__(
-        self, tensors: dict[str, torch.Tensor], logical_widths: list[int], params_dtype: torch.dtype
+        self,
+        tensors: dict[str, torch.Tensor],
+        logical_widths: list[int],
+        params_dtype: torch.dtype,
+        tp_rank: int = 0,
+        tp_size: int = 1,
     ):
         super().__init__()
         self._suffixes = list(tensors)
@@ -105,6 +110,9 @@ class ExpertProjection(torch.nn.Module):
             setattr(self, suffix, tensor)
         self.logical_widths = logical_widths
         self.modelslim_params_dtype = params_dtype
+        # The rank within the group whose partial w2 outputs vLLM sums (as on vLLM's linear layers):
+        # terms that must enter the sum once (static W8A8's int32 quant_bias) are added on rank 0 only.
+        self.tp_rank, self.tp_size = tp_rank, tp_size
 
     def drop_checkpoint_tensors(self) -> None:
         """Forget the checkpoint slices (the kernel keeps what it needs)."""
@@ -148,6 +156,7 @@ class MoEScheme:
         self.w13 = self.projection_scheme(context.projection_context(0, W13))
         self.w2 = self.projection_scheme(context.projection_context(0, W2))
         self._expert_schemes: list[tuple[LinearScheme, LinearScheme]] = []
+        self._tp_rank, self._tp_size = 0, 1
 
     def projection(self, name: str) -> LinearScheme:
         """Expert 0's scheme of projection ``name`` (``w13`` or ``w2``)."""
@@ -196,12 +205,20 @@ class MoEScheme:
         inter = intermediate_size_per_partition
         return {W13: (2 * inter, hidden_size, [inter, inter]), W2: (hidden_size, inter, [hidden_size])}
 
-    def prepare_experts(self, global_expert_ids: list[int]) -> None:
+    def prepare_experts(self, global_expert_ids: list[int], tp_rank: int = 0, tp_size: int = 1) -> None:
         """Build the projection schemes of this rank's experts (global ids, in local order).
 
         Called while vLLM builds the model, so that every scheme is made under
         the model's configuration.
+
+        Args:
+            global_expert_ids: this rank's experts (expert parallelism keeps a subset).
+            tp_rank: this rank's place among the ranks that split each expert's
+                intermediate size (vLLM's MoE tensor-parallel rank; 0 under expert
+                parallelism, where every expert runs whole on one rank).
+            tp_size: the number of those ranks.
         """
+        self._tp_rank, self._tp_size = tp_rank, tp_size
         self._expert_schemes = [
             (
                 self.projection_scheme(self.context.projection_context(e, W13)),
@@ -230,6 +247,8 @@ class MoEScheme:
                     {suffix: tensor[local] for suffix, tensor in stacked[name].items()},
                     list(layer.modelslim_widths[name]),
                     layer.modelslim_params_dtype,
+                    tp_rank=self._tp_rank,
+                    tp_size=self._tp_size,
                 )
                 scheme.check_values(view)
                 scheme.process_weights_after_loading(view)

@@ -14,7 +14,10 @@ On-disk layouts are those of the linear schemes (``experts.<e>.<proj>.<suffix>``
 * ``W8A8_DYNAMIC``: int8 ``weight`` [o, i], ``weight_scale``/``weight_offset`` [o, 1].
 * ``W8A8`` (static; msmodelslim's ``moe_w8a8c8``-style configs quantize experts
   this way, vllm-ascend has no scheme for it): ``weight``, ``quant_bias``,
-  ``input_scale``, ``input_offset``, ``deq_scale`` per projection.
+  ``input_scale``, ``input_offset``, ``deq_scale`` per projection. Under tensor
+  parallelism each rank's down_proj sees a K-slice; ``quant_bias`` (which folds
+  ``−input_offset·Σ_k W_q`` over the full K) enters on MoE rank 0 only, and the
+  sum of the ranks' partial outputs restores every column's full correction.
 * ``W8A8_MIX``: the static set plus ``weight_scale``; static math on KV-consumer
   instances, dynamic elsewhere (vllm-ascend removed its MoE variant).
 * ``W8A16``: weight-only int8 with zero points (vllm-ascend has no MoE scheme).
@@ -27,7 +30,6 @@ On-disk layouts are those of the linear schemes (``experts.<e>.<proj>.<suffix>``
 
 from __future__ import annotations
 
-from vllm_modelslim.format.errors import UnknownQuantTypeError
 from vllm_modelslim.schemes.linear.w4a8_dynamic import W4A8DynamicLinearScheme
 from vllm_modelslim.schemes.linear.w4a16 import W4A16LinearScheme
 from vllm_modelslim.schemes.linear.w8a8 import W8A8StaticLinearScheme
@@ -46,23 +48,8 @@ class W8A8DynamicMoEScheme(MoEScheme):
     projection_scheme = W8A8DynamicLinearScheme
 
 
-class _StaticActivationMoEScheme(MoEScheme):
-    """Experts with a calibrated per-tensor activation offset folded into ``quant_bias``."""
-
-    def check_layer(self, tp_size: int) -> None:
-        if tp_size > 1:
-            # quant_bias holds −input_offset·Σ_k W_q over the full K of down_proj; a K-slice per
-            # rank would need it split, which the checkpoint does not allow.
-            raise UnknownQuantTypeError(
-                f"{self.quant_type} experts (static activation offsets folded into quant_bias) "
-                "run only without tensor parallelism",
-                file=self.context.description.source,
-                layer=self.context.prefix,
-            )
-
-
 @register_scheme("W8A8", "moe")
-class W8A8StaticMoEScheme(_StaticActivationMoEScheme):
+class W8A8StaticMoEScheme(MoEScheme):
     """Static per-tensor int8 activations × per-channel int8 experts."""
 
     quant_type = "W8A8"
@@ -70,7 +57,7 @@ class W8A8StaticMoEScheme(_StaticActivationMoEScheme):
 
 
 @register_scheme("W8A8_MIX", "moe")
-class W8A8MixMoEScheme(_StaticActivationMoEScheme):
+class W8A8MixMoEScheme(MoEScheme):
     """PD-mix experts: static math on KV-consumer instances, dynamic elsewhere."""
 
     quant_type = "W8A8_MIX"
