@@ -124,13 +124,13 @@ def test_cli_exit_code_and_all_problems_at_once(quantized, tmp_path):
     path = folder / "quant_model_description.json"
     description = json.loads(path.read_text())
     description["model.layers.0.mlp.down_proj.weight"] = "W3A5"
-    description["model.layers.1.self_attn.k_proj.weight"] = "W8A16"
+    description["model.layers.1.self_attn.k_proj.weight"] = "FLOAT"  # a FLOAT shard storing int8
     path.write_text(json.dumps(description))
     result = run_inspect(folder, "--json")
     assert result.returncode == 1, result.stderr[-2000:]
     kinds = {(p["kind"], p["layer"]) for p in json.loads(result.stdout)["problems"]}
     assert ("UnknownQuantTypeError", "model.layers.0.mlp.down_proj") in kinds
-    assert ("PackedShardMismatchError", "model.layers.1.self_attn.qkv_proj") in kinds
+    assert ("CheckpointTensorError", "model.layers.1.self_attn.k_proj") in kinds
     tables = run_inspect(folder)
     assert tables.returncode == 1 and "2 problem(s)" in tables.stdout
 

@@ -75,6 +75,38 @@ def test_float_layer_with_quantized_tensors(tmp_path):
     assert problem.file.endswith(WEIGHTS) and "FLOAT" in problem.message
 
 
+def mixed_model() -> tuple[dict, dict[str, torch.Tensor]]:
+    """``dense_model`` with a FLOAT q_proj (bf16 weight) next to the W8A8_DYNAMIC k_proj and v_proj."""
+    description, tensors = dense_model()
+    q = "model.layers.0.self_attn.q_proj"
+    for suffix in ("weight", "weight_scale", "weight_offset"):
+        description.pop(f"{q}.{suffix}"), tensors.pop(f"{q}.{suffix}")
+    n, k = PROJECTIONS["self_attn.q_proj"]
+    tensors[f"{q}.weight"] = torch.zeros(n, k, dtype=torch.bfloat16)
+    description[f"{q}.weight"] = "FLOAT"
+    return description, tensors
+
+
+def test_a_mixed_fused_layer_is_reported_per_shard(tmp_path):
+    report = inspect_checkpoint(write_folder(tmp_path / "m", CONFIG, *mixed_model()))
+    assert report.problems == [] and report.values_checked
+    (row,) = [r for r in report.layers if r.prefix == "model.layers.0.self_attn.qkv_proj"]
+    assert row.quant_type == "FLOAT + W8A8_DYNAMIC + W8A8_DYNAMIC"
+    assert row.scheme == "FLOAT + W8A8DynamicLinearScheme + W8A8DynamicLinearScheme"
+    (q_n, k), (kv_n, _) = PROJECTIONS["self_attn.q_proj"], PROJECTIONS["self_attn.k_proj"]
+    # bf16 q weight + int8 k/v weights with their f32 scales and offsets
+    assert row.stored_bytes == 2 * q_n * k + 2 * (kv_n * k + 2 * 4 * kv_n)
+    assert row.bf16_bytes == 2 * (q_n + 2 * kv_n) * k
+
+
+def test_a_mixed_layer_shard_value_problem_names_the_shard(tmp_path):
+    description, tensors = mixed_model()
+    tensors["model.layers.0.self_attn.v_proj.weight_scale"][3] = float("nan")
+    (problem,) = inspect_checkpoint(write_folder(tmp_path / "m", CONFIG, description, tensors)).problems
+    assert problem.kind == "InvalidScaleError" and problem.layer == "model.layers.0.self_attn.v_proj"
+    assert problem.file.endswith(WEIGHTS)
+
+
 def test_entries_for_layers_the_model_does_not_have(tmp_path):
     description, tensors = dense_model()
     description["model.layers.99.mlp.down_proj.weight"] = "W8A8_DYNAMIC"
@@ -148,11 +180,13 @@ def test_exit_codes(tmp_path, monkeypatch, capsys):
 def test_exit_codes_through_the_console_entry_point(tmp_path):
     good = write_folder(tmp_path / "good", CONFIG, *dense_model())
     description, tensors = dense_model()
-    description["model.layers.0.self_attn.k_proj.weight"] = "W8A16"
+    description["model.layers.0.self_attn.k_proj.weight"] = "W8A8"  # static W8A8 needs quant_bias etc.
     bad = write_folder(tmp_path / "bad", CONFIG, description, tensors)
     assert run_cli(good).returncode == 0
     result = run_cli(bad, "--json")
     assert result.returncode == 1
     (problem,) = json.loads(result.stdout)["problems"]
-    assert problem["kind"] == "PackedShardMismatchError"
+    assert (
+        problem["kind"] == "CheckpointTensorError" and problem["layer"] == "model.layers.0.self_attn.k_proj"
+    )
     assert run_cli(tmp_path / "good", "--no-such-flag").returncode == 2

@@ -2,7 +2,6 @@ import pytest
 
 from vllm_modelslim.format import (
     LayerNotDescribedError,
-    PackedShardMismatchError,
     QuantDescription,
     packed_modules_for,
     resolve_layer,
@@ -32,18 +31,21 @@ def test_packed_qkv_resolves_to_common_type():
     assert lq.shard_prefixes == (f"{L0}.self_attn.q_proj", f"{L0}.self_attn.k_proj", f"{L0}.self_attn.v_proj")
 
 
-def test_packed_shards_must_agree():
+def test_packed_shards_of_different_types_make_a_mixed_layer():
     d = QuantDescription.from_mapping(qkv("W8A8", "W8A16", "W8A8"), "d.json")
-    with pytest.raises(PackedShardMismatchError) as info:
-        resolve_layer(d, f"{L0}.self_attn.qkv_proj", QWEN3)
-    message = str(info.value)
-    assert "d.json" in message and "qkv_proj" in message and "k_proj: W8A16" in message
+    lq = resolve_layer(d, f"{L0}.self_attn.qkv_proj", QWEN3)
+    assert lq.is_mixed and not lq.is_float
+    assert lq.shard_quant_types == ("W8A8", "W8A16", "W8A8")
+    assert lq.quant_type == "W8A8 + W8A16 + W8A8"
 
 
-def test_float_and_quantized_shards_disagree():
-    d = QuantDescription.from_mapping(qkv("FLOAT", "W8A8", "W8A8"), "d.json")
-    with pytest.raises(PackedShardMismatchError):
-        resolve_layer(d, f"{L0}.self_attn.qkv_proj", QWEN3)
+def test_float_next_to_quantized_shards_is_mixed_not_float():
+    d = QuantDescription.from_mapping(qkv("FLOAT", "W8A8_MIX", "W8A8_MIX"), "d.json")
+    lq = resolve_layer(d, f"{L0}.self_attn.qkv_proj", QWEN3)
+    assert lq.is_mixed and not lq.is_float and lq.shard_quant_types[0] == "FLOAT"
+    uniform = resolve_layer(QuantDescription.from_mapping(qkv("FLOAT", "FLOAT", "FLOAT"), "d.json"),
+                            f"{L0}.self_attn.qkv_proj", QWEN3)  # fmt: skip
+    assert uniform.is_float and not uniform.is_mixed
 
 
 def test_missing_shard_names_the_shard():

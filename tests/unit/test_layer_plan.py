@@ -14,7 +14,6 @@ from vllm_modelslim.format import (
     CheckpointIndex,
     CheckpointTensorError,
     LayerNotDescribedError,
-    PackedShardMismatchError,
     QuantDescription,
     TensorInfo,
     UnknownQuantTypeError,
@@ -176,11 +175,11 @@ def test_stored_weights_without_entries_come_after_the_layers():
 
 def test_settings_problems_come_first():
     entries, tensors = dense_checkpoint()
-    entries["model.layers.0.self_attn.k_proj.weight"] = "W8A16"
+    entries["model.layers.0.self_attn.k_proj.weight"] = "W8A8"  # static: quant_bias etc. are missing
     entries["fa_quant_type"] = "FAQuant"
     assert kinds(plan(entries, tensors)) == [
         ("UnknownQuantTypeError", None),
-        ("PackedShardMismatchError", "model.layers.0.self_attn.qkv_proj"),
+        ("CheckpointTensorError", "model.layers.0.self_attn.k_proj"),
     ]
 
 
@@ -278,13 +277,82 @@ def test_linear_layer_replans_when_vllm_says_another_parallel_role():
     assert replanned is not planned and not replanned.row_parallel
 
 
-def test_packed_shard_mismatch_found_on_demand():
+# --- (c2) mixed fused layers: shards of different quant types --------------------------------------
+
+
+def mixed_checkpoint():
+    """FLOAT q_proj next to W8A8_DYNAMIC k/v (layer 0), W4A16 gate next to W8A8_DYNAMIC up (layer 1)."""
     entries, tensors = dense_checkpoint()
-    entries["model.layers.0.mlp.up_proj.weight"] = "FLOAT"
+    q = "model.layers.0.self_attn.q_proj"
+    for suffix in ("weight", "weight_scale", "weight_offset"):
+        entries.pop(f"{q}.{suffix}"), tensors.pop(f"{q}.{suffix}")
+    tensors.update(floating(q, 64, 64))
+    entries[f"{q}.weight"] = "FLOAT"
+    gate = "model.layers.1.mlp.gate_proj"
+    stored = w4a16(gate, 128, 64)
+    tensors.update(stored)
+    entries.update(dict.fromkeys(stored, "W4A16"))
+    return entries, tensors
+
+
+def test_mixed_fused_layers_plan_each_shard_with_its_own_scheme():
+    result = plan(*mixed_checkpoint())
+    assert result.all_errors() == []
+    qkv = result.get("model.layers.0.self_attn.qkv_proj")
+    assert qkv.is_mixed and not qkv.is_float and qkv.scheme_class is None
+    assert qkv.quant_type == "FLOAT + W8A8_DYNAMIC + W8A8_DYNAMIC"
+    assert [p.prefix for p in qkv.shard_layers] == list(qkv.shards)
+    assert [p.quant_type for p in qkv.shard_layers] == ["FLOAT", "W8A8_DYNAMIC", "W8A8_DYNAMIC"]
+    assert [p.scheme_class and p.scheme_class.__name__ for p in qkv.shard_layers] == [
+        None,
+        "W8A8DynamicLinearScheme",
+        "W8A8DynamicLinearScheme",
+    ]
+    assert qkv.out_features == (64, 32, 32) and qkv.in_features == 64
+    gate_up = result.get("model.layers.1.mlp.gate_up_proj")
+    assert gate_up.quant_type == "W4A16 + W8A8_DYNAMIC"
+    assert [type(p.scheme).__name__ for p in gate_up.shard_layers] == [
+        "W4A16LinearScheme",
+        "W8A8DynamicLinearScheme",
+    ]
+    assert gate_up.shard_layers[0].scheme.group_size == 16
+    uniform = result.get("model.layers.1.self_attn.qkv_proj")  # same-type layers stay one scheme
+    assert not uniform.is_mixed and uniform.scheme_class.__name__ == "W8A8DynamicLinearScheme"
+
+
+def test_mixed_layer_problems_name_the_shard():
+    entries, tensors = mixed_checkpoint()
+    tensors["model.layers.1.mlp.gate_proj.weight_offset"] = (torch.float32, (64, 4))  # W4A16 shard: wrong N
+    entries["model.layers.0.mlp.up_proj.weight"] = "FLOAT"  # a FLOAT shard storing int8
     result = plan(entries, tensors)
-    assert isinstance(result.get("model.layers.0.mlp.gate_up_proj").errors[0], PackedShardMismatchError)
-    with pytest.raises(PackedShardMismatchError):
+    assert kinds(result) == [
+        ("CheckpointTensorError", "model.layers.0.mlp.up_proj"),
+        ("CheckpointTensorError", "model.layers.1.mlp.gate_proj"),
+    ]
+    assert "weight_offset" in str(result.all_errors()[1]) and DESCRIPTION in str(result.all_errors()[0])
+    assert result.get("model.layers.0.mlp.gate_up_proj").quant_type == "W8A8_DYNAMIC + FLOAT"
+    with pytest.raises(CheckpointTensorError, match="marks 'model.layers.0.mlp.up_proj' FLOAT"):
         result.raise_first_error()
+
+
+def test_mixed_layer_found_on_demand_and_with_an_unknown_shard_type():
+    entries, tensors = mixed_checkpoint()
+    entries["model.layers.1.self_attn.v_proj.weight"] = "W3A5"
+    result = plan(entries, tensors)
+    assert kinds(result) == [("UnknownQuantTypeError", "model.layers.1.self_attn.v_proj")]
+    del result.layers["model.layers.0.self_attn.qkv_proj"]
+    again = result.linear_layer("model.layers.0.self_attn.qkv_proj", row_parallel=False)
+    assert again.is_mixed and again.errors == [] and again is result.get("model.layers.0.self_attn.qkv_proj")
+
+
+def test_mixed_layers_under_tensor_parallelism_check_each_shard():
+    entries, tensors = mixed_checkpoint()
+    assert plan(entries, tensors, tensor_parallel_size=4).all_errors() == []  # k/v replicated at 4 ranks
+    # W4A16 packs two int4 per byte along N (gate: 128 rows): 128 ranks leave one row each.
+    errors = plan(entries, tensors, tensor_parallel_size=128).all_errors()
+    gate = [e for e in errors if e.layer == "model.layers.1.mlp.gate_proj"]
+    assert len(gate) == 1 and "pack factor 2" in str(gate[0])
+    assert not any(e.layer == "model.layers.1.mlp.up_proj" for e in errors)  # int8 rows split fine
 
 
 # --- (d) tensor parallelism ----------------------------------------------------------------------------
@@ -326,7 +394,8 @@ def test_group_count_of_a_row_parallel_layer_must_split():
     assert plan(entries, tensors, tensor_parallel_size=4).all_errors() == []
     errors = plan(entries, tensors, tensor_parallel_size=8).all_errors()
     assert [e.layer for e in errors] == ["model.layers.0.self_attn.o_proj"]  # down_proj: K = 16 per rank
-    assert "group size 16 does not divide K = 8" in str(errors[0]) and "'weight_scale'" in str(errors[0])
+    assert "its 4 K-groups of 16 input features do not split into 8 equal parts" in str(errors[0])
+    assert "tensor parallelism 8" in str(errors[0]) and errors[0].file is not None
 
 
 def test_int4_pairs_must_split_per_rank():

@@ -18,8 +18,16 @@ storage layout, following the spec's tensor tables:
   (offset-8 nibbles, LSB first), ``weight_scale`` ``[o, i/g]``,
   ``weight_shape`` ``[2]``. Made from the tool's symmetric W4A16 checkpoint.
 
-Both keep the description's ``<layer>.weight`` entries (they decide the
-layer's quant type) and the unchanged float tensors, config and tokenizer.
+* :func:`write_float_rollback`: single checkpoint layers rolled back to FLOAT
+  (what msmodelslim's ``disable_names`` and its sensitivity-based fallback
+  write): the layer's quantized tensors are replaced by the float weight they
+  represent, in the model dtype, so fused layers get FLOAT shards next to
+  quantized ones. Made from any tool-made W8A8 / W8A8_DYNAMIC / W8A8_MIX /
+  W8A16 checkpoint.
+
+They keep the description's ``<layer>.weight`` entries (they decide the
+layer's quant type; the rollback sets them to FLOAT) and the unchanged float
+tensors, config and tokenizer.
 """
 
 from __future__ import annotations
@@ -150,3 +158,68 @@ def write_w4a16_pack_quantized_layout(source: Path, target: Path) -> Path:
 
     note = "Layout: W4A16 pack-quantized, weight_packed int32 [o, i/8] (offset 8, LSB first) + weight_shape."
     return _rewrite(Path(source), Path(target), "W4A16", rewrite, {}, note)
+
+
+def dequantized_int8_weight(prefix: str, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The float32 ``[o, i]`` weight an int8 layer represents (spec §4.1-§4.3).
+
+    ``(W_q − weight_offset)·weight_scale`` when ``weight_scale`` is stored
+    (W8A8_DYNAMIC, W8A8_MIX, W8A16, old-pipeline W8A8); else static W8A8's
+    ``W_q·deq_scale/input_scale`` (``deq_scale = input_scale·weight_scale``; int64
+    fp32 bit patterns are decoded).
+
+    Raises:
+        ValueError: the layer is not int8 per-channel, or a static W8A8 layer's
+            ``quant_bias`` holds a folded float bias (a FLOAT layer would need it back).
+    """
+    weight = tensors[f"{prefix}.weight"]
+    if weight.dtype != torch.int8 or weight.dim() != 2:
+        raise ValueError(f"{prefix}.weight is not an int8 [o, i] weight")
+    q = weight.to(torch.float32)
+    scale = tensors.get(f"{prefix}.weight_scale")
+    if scale is not None:
+        offset = tensors.get(f"{prefix}.weight_offset", torch.zeros_like(scale))
+        return (q - offset.to(torch.float32).reshape(-1, 1)) * scale.to(torch.float32).reshape(-1, 1)
+    deq = tensors[f"{prefix}.deq_scale"]
+    deq = (deq.to(torch.int32).view(torch.float32) if deq.dtype == torch.int64 else deq).to(torch.float32)
+    input_scale = float(tensors[f"{prefix}.input_scale"].to(torch.float32).reshape(-1)[0])
+    input_offset = float(tensors[f"{prefix}.input_offset"].to(torch.float32).reshape(-1)[0])
+    without_bias = -round(input_offset) * weight.to(torch.int64).sum(dim=1)
+    if not torch.equal(tensors[f"{prefix}.quant_bias"].to(torch.int64).reshape(-1), without_bias):
+        raise ValueError(f"{prefix}.quant_bias holds a folded float bias; roll back a layer without bias")
+    return q * (deq.reshape(-1, 1) / input_scale)
+
+
+def write_float_rollback(source: Path, target: Path, layers: list[str]) -> Path:
+    """Roll the checkpoint layers ``layers`` (``model.layers.0.self_attn.q_proj``) of ``source`` to FLOAT.
+
+    Each layer's quantized tensors and entries are dropped and its ``weight``
+    becomes the float weight they represent (:func:`dequantized_int8_weight`),
+    in the dtype of the checkpoint's float tensors (its ``lm_head``). Fused
+    neighbours keep their quant type, which makes mixed fused layers.
+
+    Raises:
+        ValueError: a layer is not described as quantized in ``source``, or cannot be dequantized.
+    """
+    source, target = Path(source), Path(target)
+    if (target / HANDMADE_MARKER).exists():
+        return target
+    description = load_description(source)
+    entries = dict(description.entries)
+    tensors = read_safetensors(source)
+    dtype = tensors["lm_head.weight"].dtype
+    for prefix in layers:
+        if entries.get(f"{prefix}.weight") in (None, "FLOAT"):
+            raise ValueError(f"{prefix} is not a quantized layer of {source}")
+        weight = dequantized_int8_weight(prefix, tensors)
+        for name in [n for n in tensors if n.startswith(f"{prefix}.") and n != f"{prefix}.bias"]:
+            tensors.pop(name)
+            entries.pop(name, None)
+        tensors[f"{prefix}.weight"] = weight.to(dtype).contiguous()
+        entries[f"{prefix}.weight"] = "FLOAT"
+    raw = {**description.settings, **entries}
+    note = (
+        f"Hand-made from the tool-made checkpoint {source}.\n\nRolled back to FLOAT (the dequantized "
+        f"weight, {dtype}): {', '.join(layers)}.\n"
+    )
+    return save_handmade_folder(source, target, tensors, raw, note)

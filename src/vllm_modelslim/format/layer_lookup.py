@@ -3,8 +3,11 @@
 Rules (ModelSlim semantics, with clearer errors than vllm-ascend's KeyError):
 
 * Only ``<prefix>.weight`` entries decide a layer's quant type.
-* A packed layer (``qkv_proj``, ``gate_up_proj``, ``experts``) takes the type of
-  its shards, which must all agree; ``FLOAT`` shards make the layer unquantized.
+* A packed layer (``qkv_proj``, ``gate_up_proj``, ``fused_qkv_a_proj``) takes the
+  type of its shards; ``FLOAT`` shards make the layer unquantized. Shards of
+  different types (msmodelslim's own Qwen3 practice keeps ``q_proj`` FLOAT next
+  to a quantized ``k_proj``/``v_proj``) make a *mixed* layer: each shard keeps
+  its type and runs its own scheme (vllm-ascend refuses them, its issue #2588).
   Only the last component of the prefix is replaced (vllm-ascend replaces every
   occurrence, which breaks on prefixes that repeat the name).
 * A quantizable linear layer must be described; embeddings and ``lm_head`` stay
@@ -19,6 +22,14 @@ from dataclasses import dataclass
 from vllm_modelslim.format.description import FLOAT, QuantDescription
 from vllm_modelslim.format.errors import LayerNotDescribedError, PackedShardMismatchError
 
+MIXED_SEPARATOR = " + "
+"""Joins the shard types of a mixed layer into its quant type (``"FLOAT + W8A8_MIX + W8A8_MIX"``)."""
+
+
+def mixed_quant_type(shard_quant_types: Iterable[str]) -> str:
+    """The quant type shown for a fused layer whose shards have different types, in shard order."""
+    return MIXED_SEPARATOR.join(shard_quant_types)
+
 
 @dataclass(frozen=True)
 class LayerQuant:
@@ -26,19 +37,27 @@ class LayerQuant:
 
     Attributes:
         prefix: the vLLM layer prefix, e.g. ``model.layers.0.self_attn.qkv_proj``.
-        quant_type: the description's quant type, e.g. ``"W8A8_DYNAMIC"`` or ``"FLOAT"``.
+        quant_type: the description's quant type, e.g. ``"W8A8_DYNAMIC"`` or ``"FLOAT"``;
+            for a mixed layer the shard types joined by :data:`MIXED_SEPARATOR`.
         shard_prefixes: checkpoint prefixes of the fused parts, in vLLM's shard
             order (``q, k, v``; ``gate, up``); ``(prefix,)`` for an unfused layer.
+        shard_quant_types: each shard's quant type, in shard order.
     """
 
     prefix: str
     quant_type: str
     shard_prefixes: tuple[str, ...]
+    shard_quant_types: tuple[str, ...] = ()
 
     @property
     def is_float(self) -> bool:
         """True when the layer stays unquantized."""
         return self.quant_type == FLOAT
+
+    @property
+    def is_mixed(self) -> bool:
+        """True when the fused shards have different quant types (each runs its own scheme)."""
+        return len(set(self.shard_quant_types)) > 1
 
 
 def shard_prefixes(prefix: str, packed_mapping: Mapping[str, list[str]]) -> tuple[str, ...]:
@@ -66,9 +85,12 @@ def resolve_layer(
         required: when False, a layer with no entry yields None instead of an error
             (used for embeddings and ``lm_head``, which stay unquantized then).
 
+    Returns:
+        The layer's quant type and shards (a mixed layer when the shards' types differ),
+        or None when not ``required`` and undescribed.
+
     Raises:
         LayerNotDescribedError: a shard has no ``.weight`` entry and ``required``.
-        PackedShardMismatchError: the shards have different quant types.
     """
     shards = shard_prefixes(prefix, packed_mapping)
     types: dict[str, str] = {}
@@ -86,16 +108,9 @@ def resolve_layer(
                 layer=prefix,
             )
         types[shard] = quant_type
-    distinct = set(types.values())
-    if len(distinct) > 1:
-        listing = ", ".join(f"{shard}: {qt}" for shard, qt in types.items())
-        raise PackedShardMismatchError(
-            f"vLLM fuses these shards into one layer, so they must share one quant type, "
-            f"but the description has {listing}",
-            file=description.source,
-            layer=prefix,
-        )
-    return LayerQuant(prefix=prefix, quant_type=distinct.pop(), shard_prefixes=shards)
+    found = tuple(types[shard] for shard in shards)
+    quant_type = found[0] if len(set(found)) == 1 else mixed_quant_type(found)
+    return LayerQuant(prefix=prefix, quant_type=quant_type, shard_prefixes=shards, shard_quant_types=found)
 
 
 def check_expert_entries(

@@ -8,13 +8,15 @@ reading any weight:
   with the per-``model_type`` packed-module table, routed experts grouped into
   one ``experts`` layer, C8 attention layers taken from their KV-cache scales);
 * each layer's quant type, scheme class (from the scheme registry), checkpoint
-  shards and tensor-parallel role (column or row parallel);
+  shards and tensor-parallel role (column or row parallel); a fused layer whose
+  shards have different types is *mixed* and holds one planned layer per shard;
 * every problem the loader must stop at, each naming the layer and the file:
-  undescribed or disagreeing shards, unknown quant types, quantized
-  embeddings, tensors missing or of the wrong dtype or shape, FLOAT layers
-  whose stored tensors are quantized, description entries for layers the
-  model does not have, stored weights the description does not list, norm
-  biases of the wrong size, C8 tensors, unsupported global settings, and,
+  undescribed shards, unknown quant types (of a layer or of one shard of a
+  mixed fused layer), quantized embeddings, tensors missing or of the wrong
+  dtype or shape, FLOAT layers whose stored tensors are quantized, description
+  entries for layers the model does not have, stored weights the description
+  does not list, norm biases of the wrong size, C8 tensors, unsupported
+  global settings, and,
   given a ``tensor_parallel_size``, sizes that do not split over the ranks.
 
 The loader (``AscendModelSlimConfig``) builds the plan once when vLLM hands it
@@ -139,7 +141,7 @@ class LayerPlan:
         else:
             if layer_quant is None:
                 return None
-            planned = planner.linear(prefix, layer_quant.shard_prefixes, layer_quant.quant_type, row_parallel)
+            planned = planner.resolved_linear(layer_quant, row_parallel)
         self.layers[prefix] = planned
         return planned
 

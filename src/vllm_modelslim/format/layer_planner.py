@@ -21,7 +21,12 @@ from vllm_modelslim.format.errors import (
     UnusedDescriptionEntryError,
 )
 from vllm_modelslim.format.kv_cache_c8 import C8, c8_attention_prefixes, c8_tensor_errors, kv_channels_of
-from vllm_modelslim.format.layer_lookup import check_expert_entries, resolve_layer
+from vllm_modelslim.format.layer_lookup import (
+    LayerQuant,
+    check_expert_entries,
+    mixed_quant_type,
+    resolve_layer,
+)
 from vllm_modelslim.format.partition_checks import partition_errors
 from vllm_modelslim.format.planned_layer import (
     EMBEDDING_NAMES,
@@ -138,7 +143,49 @@ class LayerPlanner:
         except ModelSlimFormatError as error:
             return PlannedLayer(prefix, LINEAR, "?", (prefix,), errors=[error])
         assert layer_quant is not None
-        return self.linear(prefix, layer_quant.shard_prefixes, layer_quant.quant_type, None)
+        return self.resolved_linear(layer_quant, None)
+
+    def resolved_linear(self, layer_quant: LayerQuant, row_parallel: bool | None) -> PlannedLayer:
+        """Plan the linear layer ``resolve_layer`` found: uniform, or mixed when its shards' types differ."""
+        if layer_quant.is_mixed:
+            return self.mixed_linear(
+                layer_quant.prefix, layer_quant.shard_prefixes, layer_quant.shard_quant_types, row_parallel
+            )
+        return self.linear(
+            layer_quant.prefix, layer_quant.shard_prefixes, layer_quant.quant_type, row_parallel
+        )
+
+    def mixed_linear(
+        self, prefix: str, shards: tuple[str, ...], quant_types: tuple[str, ...], row_parallel: bool | None
+    ) -> PlannedLayer:
+        """Plan a fused layer whose shards have different quant types: one planned layer per shard.
+
+        Each shard is planned as a layer of its own (its scheme, header checks and
+        FLOAT checks, named by its checkpoint prefix); the fused layer collects their
+        problems and sizes.
+        """
+        if row_parallel is None:
+            row_parallel = prefix.rpartition(".")[2] in ROW_PARALLEL_NAMES
+        parts = tuple(
+            self.linear(shard, (shard,), quant_type, row_parallel)
+            for shard, quant_type in zip(shards, quant_types, strict=True)
+        )
+        planned = PlannedLayer(
+            prefix,
+            LINEAR,
+            mixed_quant_type(quant_types),
+            shards,
+            row_parallel=row_parallel,
+            errors=[error for part in parts for error in part.errors],
+            shard_layers=parts,
+        )
+        widths = [part.out_features[0] if part.out_features else None for part in parts]
+        ks = {part.in_features for part in parts}
+        if len(ks) == 1 and None not in ks:
+            planned.in_features = ks.pop()
+            if None not in widths:
+                planned.out_features = tuple(widths)  # type: ignore[arg-type]
+        return planned
 
     def linear(
         self, prefix: str, shards: tuple[str, ...], quant_type: str, row_parallel: bool | None
@@ -408,6 +455,17 @@ class LayerPlanner:
             )
         )
 
+    def _is_mtp_tensor(self, name: str) -> bool:
+        """A tensor of an MTP layer (``num_hidden_layers`` … ``+ num_nextn_predict_layers − 1``).
+
+        vLLM's main model does not build these layers (its MTP drafter does), so
+        weights stored for them without description entries are float and unused.
+        """
+        layers = config_int(self.config, "num_hidden_layers")
+        extra = config_int(self.config, "num_nextn_predict_layers") or 0
+        match = _LAYER_INDEX.search(name)
+        return layers is not None and match is not None and layers <= int(match[1]) < layers + extra
+
     def _undescribed_weights(self) -> None:
         """Stored 2-D ``.weight`` tensors the description does not list, one problem per vLLM layer."""
         if self.checkpoint is None:
@@ -416,7 +474,7 @@ class LayerPlanner:
         for info in self.checkpoint:
             if not info.name.endswith(".weight") or len(info.shape) != 2:
                 continue
-            if self.description.quant_type(info.name) is not None:
+            if self.description.quant_type(info.name) is not None or self._is_mtp_tensor(info.name):
                 continue
             layers[self.vllm_layer(info.name.removesuffix(".weight"))[0]].append(info.name)
         for layer, names in layers.items():

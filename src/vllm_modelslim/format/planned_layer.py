@@ -61,9 +61,11 @@ class PlannedLayer:
         prefix: vLLM layer prefix in checkpoint naming (``model.layers.0.self_attn.qkv_proj``;
             ``model.layers.0.mlp.experts``; ``model.layers.0.self_attn.attn`` for a C8 cache).
         layer_type: ``"linear"``, ``"moe"``, ``"embedding"`` or ``"attention"``.
-        quant_type: the description's quant type, ``"FLOAT"``, or ``"?"`` when it cannot be decided.
+        quant_type: the description's quant type, ``"FLOAT"``, or ``"?"`` when it cannot be decided;
+            a mixed layer shows its shard types joined (``"FLOAT + W8A8_MIX + W8A8_MIX"``).
         shards: checkpoint prefixes of the fused parts (MoE: expert 0's gate, up and down).
-        scheme_class: the registered scheme (None for FLOAT, embeddings and unknown types).
+        scheme_class: the registered scheme (None for FLOAT, mixed layers, embeddings and
+            unknown types).
         scheme: the scheme instance built for the checks (a linear scheme, or a MoE scheme
             whose ``projection("w13")``/``projection("w2")`` are expert 0's), or None.
         row_parallel: vLLM splits the layer along K (``o_proj``, ``down_proj``).
@@ -71,7 +73,11 @@ class PlannedLayer:
         projections: checkpoint names of an expert's gate, up and down projections (MoE only).
         out_features: full N of each shard (MoE: of the gate and up projections), None when unknown.
         in_features: full K (MoE: ``hidden_size``), None when unknown.
-        errors: every problem found for this layer, in the order found.
+        errors: every problem found for this layer, in the order found (a mixed layer's
+            are its shards').
+        shard_layers: a mixed fused layer (shards of different quant types): one planned
+            linear layer per shard, in shard order, each named by its checkpoint prefix
+            and planned with its own quant type and scheme; empty otherwise.
     """
 
     prefix: str
@@ -86,11 +92,17 @@ class PlannedLayer:
     out_features: tuple[int, ...] | None = None
     in_features: int | None = None
     errors: list[ModelSlimFormatError] = field(default_factory=list)
+    shard_layers: tuple[PlannedLayer, ...] = ()
 
     @property
     def is_float(self) -> bool:
         """True when the layer stays unquantized."""
         return self.quant_type == FLOAT
+
+    @property
+    def is_mixed(self) -> bool:
+        """True for a fused layer whose shards have different quant types (see ``shard_layers``)."""
+        return bool(self.shard_layers)
 
     def raise_first_error(self) -> None:
         """Raise the first problem found for this layer, if any.

@@ -30,7 +30,7 @@ import torch
 from safetensors import safe_open
 
 from vllm_modelslim.format.checkpoint import CheckpointIndex
-from vllm_modelslim.format.description import QuantDescription, load_description
+from vllm_modelslim.format.description import FLOAT, QuantDescription, load_description
 from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, ModelSlimFormatError
 from vllm_modelslim.format.kv_cache_c8 import C8_TENSORS
 from vllm_modelslim.format.layer_plan import PlannedLayer, plan_layers
@@ -190,12 +190,15 @@ class _ModelSlimInspection:
     # --- layers --------------------------------------------------------------------------
 
     def _linear(self, planned: PlannedLayer, row: LayerRow) -> None:
-        scheme = planned.scheme
-        row.stored_bytes = self._stored_bytes(planned.shards, scheme)
-        if planned.out_features is not None and planned.in_features is not None:
-            row.bf16_bytes = 2 * sum(planned.out_features) * planned.in_features
-        if scheme is not None and not planned.errors:
-            self._check_values(scheme, planned.shards, planned.prefix)
+        parts = planned.shard_layers or (planned,)  # a mixed layer: each shard with its own scheme
+        if planned.is_mixed:
+            row.scheme = " + ".join(p.scheme_class.__name__ if p.scheme_class else FLOAT for p in parts)
+        for part in parts:
+            row.stored_bytes += self._stored_bytes(part.shards, part.scheme)
+            if part.out_features is not None and part.in_features is not None:
+                row.bf16_bytes += 2 * sum(part.out_features) * part.in_features
+            if part.scheme is not None and not part.errors:
+                self._check_values(part.scheme, part.shards, part.prefix)
 
     def _moe(self, planned: PlannedLayer, row: LayerRow) -> None:
         moe_scheme = planned.scheme

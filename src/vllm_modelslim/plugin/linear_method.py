@@ -12,6 +12,7 @@ from vllm.model_executor.layers.linear import (
 
 from vllm_modelslim.format.tensor_spec import validate_layer_tensors
 from vllm_modelslim.kernels.base import QuantKernel
+from vllm_modelslim.plugin.extra_bias import check_extra_bias_loaded, effective_bias, register_extra_bias
 from vllm_modelslim.plugin.parameters import create_linear_parameters
 from vllm_modelslim.schemes.base import LinearScheme
 
@@ -34,6 +35,34 @@ def free_checkpoint_weights(layer: torch.nn.Module) -> None:
                 param.data = param.data.new_empty(0)
 
 
+def check_stored_tensors(
+    scheme: LinearScheme, layer: torch.nn.Module, output_partition_sizes: list[int], input_size: int
+) -> None:
+    """Check the scheme's tensors in the safetensors headers before any parameter is made.
+
+    Dtypes and presence always; shapes only without tensor parallelism, where
+    vLLM's ``output_partition_sizes`` are the full shard sizes.
+
+    Raises:
+        CheckpointTensorError: a tensor is missing, or of the wrong dtype or shape (names layer and file).
+    """
+    context = scheme.context
+    if context.checkpoint is None:
+        return
+    unsharded = getattr(layer, "tp_size", 1) == 1
+    validate_layer_tensors(
+        context.checkpoint,
+        layer=context.prefix,
+        quant_type=context.quant_type,
+        shard_prefixes=context.shard_prefixes,
+        shard_out_features=list(output_partition_sizes) if unsharded else None,
+        in_features=input_size,
+        tensors=scheme.checkpoint_tensors(),
+        group_size=scheme.group_size,
+    )
+    scheme.check_stored_shapes(input_size)
+
+
 @register_weight_loader_v2_supported_method
 class ModelSlimLinearMethod(LinearMethodBase):
     """Linear method for a quantized layer of a ModelSlim checkpoint.
@@ -43,12 +72,24 @@ class ModelSlimLinearMethod(LinearMethodBase):
     parallelism, where vLLM gives the full shard sizes), then lets the scheme
     register its parameters. Registered for vLLM's ``weight_loader_v2``, so
     vLLM's parameter classes place fused shards.
+
+    Args:
+        scheme: the layer's scheme.
+        after_loading: called once after all weights are loaded (norm-bias checks).
+        extra_bias: vLLM's layer has no bias but the checkpoint stores one: register
+            it and hand it to the scheme as the layer's bias (:mod:`~vllm_modelslim.plugin.extra_bias`).
     """
 
-    def __init__(self, scheme: LinearScheme, after_loading: Callable[[], None] | None = None):
+    def __init__(
+        self,
+        scheme: LinearScheme,
+        after_loading: Callable[[], None] | None = None,
+        extra_bias: bool = False,
+    ):
         super().__init__()
         self.scheme = scheme
         self.after_loading = after_loading
+        self.extra_bias = extra_bias
 
     def create_weights(
         self,
@@ -60,20 +101,7 @@ class ModelSlimLinearMethod(LinearMethodBase):
         params_dtype: torch.dtype,
         **extra_weight_attrs,
     ) -> None:
-        context = self.scheme.context
-        if context.checkpoint is not None:
-            unsharded = getattr(layer, "tp_size", 1) == 1
-            validate_layer_tensors(
-                context.checkpoint,
-                layer=context.prefix,
-                quant_type=context.quant_type,
-                shard_prefixes=context.shard_prefixes,
-                shard_out_features=list(output_partition_sizes) if unsharded else None,
-                in_features=input_size,
-                tensors=self.scheme.checkpoint_tensors(),
-                group_size=self.scheme.group_size,
-            )
-            self.scheme.check_stored_shapes(input_size)
+        check_stored_tensors(self.scheme, layer, output_partition_sizes, input_size)
         create_linear_parameters(
             self.scheme,
             layer,
@@ -82,10 +110,13 @@ class ModelSlimLinearMethod(LinearMethodBase):
             params_dtype,
             extra_weight_attrs["weight_loader"],
         )
+        if self.extra_bias:
+            register_extra_bias(layer, output_partition_sizes, params_dtype)
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         if self.after_loading is not None:
             self.after_loading()  # checks that run once all weights are in (norm biases)
+        check_extra_bias_loaded(layer, self.scheme.context.prefix, self.scheme.context.description.source)
         self.scheme.check_values(layer)
         self.scheme.process_weights_after_loading(layer)
         free_checkpoint_weights(layer)
@@ -93,4 +124,4 @@ class ModelSlimLinearMethod(LinearMethodBase):
     def apply(
         self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return self.scheme.apply(layer, x, bias)
+        return self.scheme.apply(layer, x, effective_bias(layer, bias))

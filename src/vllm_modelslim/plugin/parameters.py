@@ -5,11 +5,14 @@ this module is where those declarations become vLLM parameter objects, so
 vLLM's own loaders place fused q/k/v and gate/up shards and slice them for
 tensor parallelism. Linear layers use vLLM's parameter classes; routed
 experts use plain parameters with the attributes vLLM's expert loader reads.
+A fused layer whose shards have different quant types keeps one set of
+parameters per shard behind routing parameters under the fused names
+(:func:`register_shard_routes`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from vllm.model_executor.layers.fused_moe import FusedMoeWeightScaleSupported
@@ -23,6 +26,7 @@ from vllm.model_executor.parameter import (
 )
 from vllm.model_executor.utils import set_weight_attrs
 
+from vllm_modelslim.format.errors import CheckpointTensorError
 from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
 from vllm_modelslim.schemes.base import LinearScheme
 
@@ -176,3 +180,92 @@ def expert_parameter(
         },
     )
     return param
+
+
+# --- mixed fused layers: one set of parameters per shard ----------------------------------------
+
+_QKV_SHARDS = {"q": 0, "k": 1, "v": 2}
+
+
+def shard_index(shard_id: str | int | None, num_shards: int, *, layer: str, file: str | None) -> int:
+    """Position of vLLM's ``loaded_shard_id`` (``"q"``/``"k"``/``"v"`` or ``0, 1, ...``) among the shards.
+
+    Raises:
+        CheckpointTensorError: no shard id (the checkpoint stores the layer fused,
+            which a mixed layer cannot be) or one beyond the layer's shards.
+    """
+    index = _QKV_SHARDS.get(shard_id, shard_id) if isinstance(shard_id, str) else shard_id
+    if not isinstance(index, int) or not 0 <= index < num_shards:
+        raise CheckpointTensorError(
+            f"vLLM loads a tensor with shard id {shard_id!r} into a layer whose {num_shards} fused "
+            "shards have different quant types; each shard must be stored under its own name",
+            file=file,
+            layer=layer,
+        )
+    return index
+
+
+def shard_part_loader(width: int, num_kv_head_replicas: int = 1) -> Callable:
+    """Weight loader of one shard's own parameters behind a mixed fused layer.
+
+    The parameter holds only this rank's part of one shard (``width`` output
+    rows, unpacked), so the shard is placed at offset 0; vLLM's parameter
+    classes still pick this rank's rows of the stored tensor (q/k/v through
+    ``load_qkv_weight``, which replicates KV heads as vLLM does, other fused
+    layers through ``load_merged_column_weight``). Per-shard scalars and
+    stacked per-shard tensors go to their only slot.
+    """
+
+    def load(
+        param: BasevLLMParameter, loaded_weight: torch.Tensor, shard_id: str | int | None = None
+    ) -> None:
+        if getattr(param, "output_dim", None) is None:  # per-shard scalar or tensor, or a plain parameter
+            param.load_merged_column_weight(loaded_weight=loaded_weight, shard_id=0)
+        elif isinstance(shard_id, str):
+            param.load_qkv_weight(
+                loaded_weight=loaded_weight,
+                num_heads=num_kv_head_replicas,
+                shard_id=shard_id,
+                shard_offset=0,
+                shard_size=width,
+            )
+        else:
+            param.load_merged_column_weight(
+                loaded_weight=loaded_weight, shard_id=0, shard_offset=0, shard_size=width
+            )
+
+    return load
+
+
+def register_shard_routes(
+    layer: torch.nn.Module, parts: Sequence[torch.nn.Module], *, prefix: str, file: str | None
+) -> None:
+    """Register on ``layer`` one empty routing parameter per tensor name any shard part declares.
+
+    vLLM's model loaders look parameters up by the fused name
+    (``qkv_proj.weight_scale``) and call ``weight_loader(param, tensor, shard_id)``;
+    the routing parameter hands the tensor to the parameter of the same name on
+    the shard's part (``parts[i]``, a module holding that shard's parameters at
+    its own size and dtype), through that parameter's own loader.
+
+    Raises:
+        CheckpointTensorError: (when loading) a tensor for a shard whose quant type
+            does not store it, or a tensor without a shard id.
+    """
+    names = dict.fromkeys(name for part in parts for name, _ in part.named_parameters(recurse=False))
+    for name in names:
+
+        def route(param: torch.nn.Parameter, loaded_weight: torch.Tensor, shard_id=None, _name=name) -> None:
+            index = shard_index(shard_id, len(parts), layer=prefix, file=file)
+            target = getattr(parts[index], _name, None)
+            if not isinstance(target, torch.nn.Parameter):
+                raise CheckpointTensorError(
+                    f"the checkpoint stores {_name!r} for shard {shard_id!r}, "
+                    "whose quant type has no such tensor",
+                    file=file,
+                    layer=prefix,
+                )
+            target.weight_loader(target, loaded_weight, shard_id)
+
+        router = BasevLLMParameter(data=torch.empty(0), weight_loader=route)
+        layer.register_parameter(name, router)

@@ -35,16 +35,28 @@ from vllm.model_executor.layers.vocab_parallel_embedding import (
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.checkpoint_checks import NORM_BIAS_SUFFIX, unsupported_layer_error
 from vllm_modelslim.format.description import QuantDescription, load_description
-from vllm_modelslim.format.errors import DescriptionFormatError, UnknownQuantTypeError
+from vllm_modelslim.format.errors import CheckpointTensorError, DescriptionFormatError, UnknownQuantTypeError
 from vllm_modelslim.format.kv_cache_c8 import CACHE_SCALE_RENAMES, kv_channels_of
 from vllm_modelslim.format.layer_plan import LayerPlan, PlannedLayer, plan_layers
 from vllm_modelslim.format.packed_modules import checkpoint_layer_prefix, packed_modules_for
 from vllm_modelslim.plugin.compatibility import QUANTIZATION_METHOD_NAMES
+from vllm_modelslim.plugin.dequantized_linear_method import (
+    DEQUANTIZABLE_TYPES,
+    DEQUANTIZED_LAYER_NAMES,
+    DequantizedLinearMethod,
+)
+from vllm_modelslim.plugin.extra_bias import (
+    EXTRA_BIAS_NAME,
+    BiasedFloatLinearMethod,
+    extra_bias_renames,
+    stored_bias_shards,
+)
 from vllm_modelslim.plugin.kv_cache_method import C8KVCacheMethod
 from vllm_modelslim.plugin.linear_method import ModelSlimLinearMethod
+from vllm_modelslim.plugin.mixed_linear_method import ModelSlimMixedLinearMethod
 from vllm_modelslim.plugin.moe_method import ModelSlimFusedMoEMethod
 from vllm_modelslim.plugin.norm_bias import NormBiasTracker, register_rms_norm_bias
-from vllm_modelslim.schemes import LayerContext
+from vllm_modelslim.schemes import LayerContext, LinearScheme
 from vllm_modelslim.schemes.attention import AttentionContext
 from vllm_modelslim.schemes.moe import MoEContext
 
@@ -89,6 +101,7 @@ class AscendModelSlimConfig(QuantizationConfig):
         self._config_dict: dict[str, Any] = {}
         self._partitions_checked = False
         self._name_map: dict[str, str] = {}
+        self._extra_bias_renames: dict[str, str] = {}  # stored .bias of bias-less vLLM layers → loadable name
 
     # --- QuantizationConfig interface -------------------------------------
 
@@ -167,8 +180,12 @@ class AscendModelSlimConfig(QuantizationConfig):
         """The method for ``layer``, from the layer plan; raises a ModelSlimFormatError for bad input."""
         self._check_partitions_once()
         if isinstance(layer, LinearBase):
-            prefix = checkpoint_layer_prefix(self.model_type, prefix)
-            return self._linear_method(layer, prefix) or UnquantizedLinearMethod()
+            vllm_prefix, prefix = prefix, checkpoint_layer_prefix(self.model_type, prefix)
+            extra_bias = self._extra_bias(layer, vllm_prefix, prefix)
+            method = self._linear_method(layer, prefix, extra_bias)
+            if method is None and extra_bias:  # FLOAT layer with a stored bias
+                return BiasedFloatLinearMethod(prefix, self._require_description().source)
+            return method or UnquantizedLinearMethod()
         if isinstance(layer, VocabParallelEmbedding):  # also ParallelLMHead
             self._reject_quantized(prefix, "a quantized embedding or lm_head", required=False)
             return None  # vLLM's unquantized embedding
@@ -190,6 +207,21 @@ class AscendModelSlimConfig(QuantizationConfig):
             return mapper
         renames = {re.compile(pattern): new for pattern, new in CACHE_SCALE_RENAMES.items()}
         return WeightsMapper(orig_to_new_regex=renames) | mapper
+
+    def get_checkpoint_weight_mapper(self) -> Any:  # type: ignore[override]
+        """The checkpoint mapper of vLLM, plus the stored float biases of bias-less vLLM layers.
+
+        ``<shard>.bias`` → ``<shard>.modelslim_bias`` for the layers :meth:`_extra_bias`
+        chose (see :mod:`~vllm_modelslim.plugin.extra_bias`); vLLM would drop them silently.
+        """
+        from vllm.model_executor.models.utils import WeightsMapper
+
+        mapper = QuantizationConfig.get_checkpoint_weight_mapper()
+        if not self._extra_bias_renames:
+            return mapper
+        layers = "|".join(re.escape(name.removesuffix(".bias")) for name in self._extra_bias_renames)
+        pattern = re.compile(rf"^({layers})\.bias$")
+        return mapper | WeightsMapper(orig_to_new_regex={pattern: rf"\1.{EXTRA_BIAS_NAME}"})
 
     # --- helpers -------------------------------------------------------------
 
@@ -248,24 +280,71 @@ class AscendModelSlimConfig(QuantizationConfig):
                 for error in plan.partition_errors(planned.prefix, tp):
                     raise error
 
-    def _linear_method(self, layer: LinearBase, prefix: str) -> QuantizeMethodBase | None:
+    def _extra_bias(self, layer: LinearBase, vllm_prefix: str, prefix: str) -> bool:
+        """True when vLLM builds ``layer`` without a bias but a shard stores a float ``.bias``.
+
+        Records the renames for :meth:`get_checkpoint_weight_mapper`.
+
+        Raises:
+            CheckpointTensorError: the layer is MLA's ``kv_b_proj`` (vLLM reads its weight
+                directly, so a bias cannot be applied).
+        """
+        if getattr(layer, "has_bias", True) or self.checkpoint is None:
+            return False
+        planned = self._planned_linear(prefix, layer, required=True)
+        shards = planned.shards if planned is not None else (self._checkpoint_name(prefix),)
+        if not stored_bias_shards(self.checkpoint, shards):
+            return False
+        if prefix.rpartition(".")[2] in DEQUANTIZED_LAYER_NAMES:
+            raise CheckpointTensorError(
+                "the checkpoint stores a float .bias for this layer, which vLLM's MLA uses without a bias",
+                file=self._require_description().source,
+                layer=prefix,
+            )
+        self._extra_bias_renames.update(extra_bias_renames(vllm_prefix, shards))
+        return True
+
+    def _linear_method(
+        self, layer: LinearBase, prefix: str, extra_bias: bool = False
+    ) -> QuantizeMethodBase | None:
         description = self._require_description()
         planned = self._planned_linear(prefix, layer, required=True)
         if planned is None or planned.is_float:
             return None
+        tracker = self.norm_bias_tracker
+        after_loading = tracker.check if tracker else None
+        if planned.is_mixed:  # shards of different quant types: one scheme (or FLOAT) per shard
+            schemes = [
+                None if part.is_float else self._linear_scheme(layer, part.prefix, part)
+                for part in planned.shard_layers
+            ]
+            return ModelSlimMixedLinearMethod(
+                planned.prefix, schemes, description.source, after_loading, extra_bias=extra_bias
+            )
+        method = ModelSlimLinearMethod(
+            self._linear_scheme(layer, prefix, planned), after_loading=after_loading, extra_bias=extra_bias
+        )
+        if prefix.rpartition(".")[2] in DEQUANTIZED_LAYER_NAMES:  # MLA reads kv_b_proj's float weight
+            if planned.quant_type not in DEQUANTIZABLE_TYPES:
+                raise unsupported_layer_error(
+                    prefix, planned.quant_type, "MLA's kv_b_proj other than int8 per-channel", description
+                )
+            return DequantizedLinearMethod(method, prefix)
+        return method
+
+    def _linear_scheme(self, layer: LinearBase, prefix: str, planned: PlannedLayer) -> LinearScheme:
+        """The scheme instance serving ``planned`` (a whole layer, or one shard of a mixed layer)."""
         assert planned.scheme_class is not None
-        scheme_cls = planned.scheme_class
         context = LayerContext(
             prefix=prefix,
             quant_type=planned.quant_type,
             shard_prefixes=planned.shards,
-            description=description,
+            description=self._require_description(),
             checkpoint=self.checkpoint,
             row_parallel=isinstance(layer, RowParallelLinear),
             kv_consumer=is_kv_consumer(),
         )
-        tracker = self.norm_bias_tracker
-        return ModelSlimLinearMethod(scheme_cls(context), after_loading=tracker.check if tracker else None)
+        return planned.scheme_class(context)
 
     def _moe_method(self, layer: RoutedExperts, prefix: str) -> QuantizeMethodBase | None:
         description = self._require_description()
