@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=16, help="held-out texts")
     args = parser.parse_args()
 
-    from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
+    from vllm_modelslim.examples.msmodelslim_runner import MOE_MODEL_TYPE, RECIPES, quantize
     from vllm_modelslim.examples.perplexity import (
         held_out_sequences,
         perplexity,
@@ -48,7 +48,9 @@ def main() -> None:
     model = cached_tiny_qwen3_moe(progress=print) if args.moe else demo_model_dir()
     if not args.recipes:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
-        args.recipes = [name for name in fast if RECIPES[name].moe == args.moe]
+        # --moe: the Qwen3-MoE recipes (other MoE families quantize their own models).
+        qwen3_moe = {name for name, r in RECIPES.items() if r.msmodelslim_model_type == MOE_MODEL_TYPE}
+        args.recipes = [name for name in fast if RECIPES[name].moe == args.moe == (name in qwen3_moe)]
     sequences = held_out_sequences(model, args.texts, args.tokens)
     positions = sum(len(s) - 1 for s in sequences)
 

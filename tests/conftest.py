@@ -98,3 +98,35 @@ def checkpoint(quantized):
         return writers[handmade](source, cache_dir() / "handmade" / f"{handmade}-{source.name}")
 
     return get
+
+
+@pytest.fixture(scope="session")
+def glm4_moe_model(demo_model) -> Path:
+    """The tiny GLM-4.5 MoE (shared experts, one dense layer, one MTP layer) upcycled from the demo model."""
+    from vllm_modelslim.examples.tiny_glm4_moe import cached_tiny_glm4_moe
+
+    return cached_tiny_glm4_moe(progress=print)
+
+
+@pytest.fixture(scope="session")
+def glm4_moe_checkpoint(glm4_moe_model):
+    """``glm4_moe_checkpoint(recipe) -> Path``: the tiny GLM-4.5 MoE quantized by msmodelslim (cached)."""
+    from vllm_modelslim.examples.msmodelslim_runner import quantize
+
+    return lambda recipe: quantize(glm4_moe_model, recipe, log=print)
+
+
+@pytest.fixture(scope="session")
+def deepseek_v3_model() -> Path:
+    """The tiny random DeepSeek-V3 (MLA, MoE with shared expert and grouped routing; no MTP layer)."""
+    from vllm_modelslim.examples.tiny_deepseek_v3 import cached_tiny_deepseek_v3
+
+    return cached_tiny_deepseek_v3(progress=print)
+
+
+@pytest.fixture(scope="session")
+def deepseek_v3_checkpoint(deepseek_v3_model):
+    """``deepseek_v3_checkpoint(recipe) -> Path``: the tiny DeepSeek-V3 quantized by msmodelslim (cached)."""
+    from vllm_modelslim.examples.msmodelslim_runner import quantize
+
+    return lambda recipe: quantize(deepseek_v3_model, recipe, log=print)

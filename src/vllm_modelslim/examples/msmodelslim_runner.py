@@ -44,7 +44,7 @@ class QuantRecipe:
 
     Attributes:
         name: short name, also the cache folder prefix.
-        config: file name in ``examples/configs``.
+        config: file name in ``examples/configs`` ('' with ``practice_quant_type``).
         quant_types: quant types the description must contain afterwards
             (msmodelslim can "succeed" while leaving every layer FLOAT).
         model_dtype: dtype of the model copy handed to msmodelslim (its GPTQ
@@ -57,6 +57,11 @@ class QuantRecipe:
         extended: slow (minutes); run by the extended test command only.
         moe: a Qwen3-MoE recipe: every routed expert must come out quantized
             (with transformers 5.x msmodelslim silently leaves them FLOAT).
+        site_dir: folder of ``examples`` put on the tool's ``PYTHONPATH`` (its
+            ``sitecustomize.py`` adjusts transformers inside the tool's process).
+        practice_quant_type: run msmodelslim's own built-in practice configuration for
+            ``msmodelslim_model_type`` and this ``--quant_type`` (no ``--config_path``; it
+            brings its own calibration set; an interactive question is answered y).
     """
 
     name: str
@@ -69,6 +74,8 @@ class QuantRecipe:
     equal_length_calibration: bool = False
     extended: bool = False
     moe: bool = False
+    site_dir: str | None = None
+    practice_quant_type: str | None = None
 
 
 MOE_MODEL_TYPE = "Qwen3-30B"
@@ -84,6 +91,29 @@ def _moe(name: str, quant_types: tuple[str, ...], seconds: int = 30) -> QuantRec
     )  # fmt: skip
 
 
+GLM4_MOE_MODEL_TYPE = "GLM-4.5"
+"""``--model_type`` that selects msmodelslim's glm4_moe adapter (it quantizes the MTP layer too)."""
+
+
+def _glm4_moe(name: str, quant_types: tuple[str, ...], seconds: int = 40) -> QuantRecipe:
+    return QuantRecipe(
+        name, f"{name}.yaml", quant_types, msmodelslim_model_type=GLM4_MOE_MODEL_TYPE,
+        transformers=MOE_TRANSFORMERS, seconds=seconds, moe=True, site_dir="msmodelslim_site",
+    )  # fmt: skip
+
+
+DEEPSEEK_V3_MODEL_TYPE = "Kimi-K2-Thinking"
+"""``--model_type`` for the tiny DeepSeek-V3: msmodelslim's kimi_k2 adapter (same architecture, no
+MTP handling). Its DeepSeek-V3 adapter hard-codes the real 61-layer MTP layout (not used here)."""
+
+
+def _deepseek_v3(name: str, quant_types: tuple[str, ...], seconds: int = 45) -> QuantRecipe:
+    return QuantRecipe(
+        name, f"{name}.yaml", quant_types, msmodelslim_model_type=DEEPSEEK_V3_MODEL_TYPE,
+        transformers=MOE_TRANSFORMERS, seconds=seconds, moe=True, site_dir="msmodelslim_site",
+    )  # fmt: skip
+
+
 RECIPES: dict[str, QuantRecipe] = {
     r.name: r
     for r in (
@@ -96,6 +126,19 @@ RECIPES: dict[str, QuantRecipe] = {
         # Old pipeline (modelslim_v0) with m4 anti-outlier smoothing: writes *norm.bias tensors.
         QuantRecipe("w8a8_static_m4", "w8a8_static_m4.yaml", ("W8A8",)),
         QuantRecipe("w8a8_mix", "w8a8_mix.yaml", ("W8A8_MIX",)),
+        # The Qwen3 practice's pdmix (modelslim_v0) with named FLOAT rollbacks: mixed fused layers.
+        QuantRecipe("w8a8_mix_partial_float", "w8a8_mix_partial_float.yaml", ("W8A8_MIX",), seconds=40),
+        # msmodelslim's own built-in practice for Qwen3-14B (no config file; m4 smoothing,
+        # pdmix, sensitivity-based FLOAT rollback of 10 layers): ~1.5 CPU-minutes.
+        QuantRecipe(
+            "qwen3_14b_practice_w8a8",
+            "",
+            ("W8A8_MIX",),
+            msmodelslim_model_type="Qwen3-14B",
+            practice_quant_type="w8a8",
+            seconds=130,
+            extended=True,
+        ),
         QuantRecipe("w4a16", "w4a16.yaml", ("W4A16",)),
         QuantRecipe("w4a16_asym", "w4a16_asym.yaml", ("W4A16",)),
         QuantRecipe("w4a8_dynamic", "w4a8_dynamic.yaml", ("W4A8_DYNAMIC",)),
@@ -128,6 +171,14 @@ RECIPES: dict[str, QuantRecipe] = {
         _moe("moe_w4a16", ("W4A16",)),
         _moe("moe_w4a8_dynamic", ("W8A8_DYNAMIC", "W4A8_DYNAMIC")),
         _moe("moe_w4a8_dynamic_pergroup", ("W4A8_DYNAMIC",), seconds=45),
+        # Tiny GLM-4.5 MoE (examples/tiny_glm4_moe.py): router and e_score_correction_bias stay float.
+        # No static W8A8: the glm4_moe adapter's calibration forward moves the MTP inputs to "npu".
+        _glm4_moe("glm4_moe_w8a8_dynamic", ("W8A8_DYNAMIC",)),
+        _glm4_moe("glm4_moe_w4a8_dynamic", ("W8A8_DYNAMIC", "W4A8_DYNAMIC")),
+        # Tiny DeepSeek-V3 (examples/tiny_deepseek_v3.py): router and e_score_correction_bias stay float.
+        _deepseek_v3("deepseek_v3_w8a8_dynamic", ("W8A8_DYNAMIC",)),
+        _deepseek_v3("deepseek_v3_w8a8_static_attn", ("W8A8", "W8A8_DYNAMIC"), seconds=120),
+        _deepseek_v3("deepseek_v3_w4a8_dynamic", ("W8A8_DYNAMIC", "W4A8_DYNAMIC"), seconds=60),
     )  # fmt: skip
 }
 """Recipes by name. All but the ``extended`` ones take seconds on the demo model."""
@@ -191,14 +242,27 @@ def tool_python(name: str, requirements: list[str], log=print) -> Path:
     return python
 
 
-def run_command(cmd: list[str], what: str, cwd: Path | None = None, log_file: Path | None = None) -> None:
-    """Run ``cmd``; on failure raise RuntimeError with the end of its output."""
+def run_command(
+    cmd: list[str],
+    what: str,
+    cwd: Path | None = None,
+    log_file: Path | None = None,
+    env: dict | None = None,
+    stdin_text: str = "",
+) -> None:
+    """Run ``cmd`` (environment ``env``, default inherited; ``stdin_text`` on its standard input).
+
+    Raises:
+        RuntimeError: the command failed (with the end of its output).
+    """
     if log_file is None:
-        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+        result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, input=stdin_text)
         output = (result.stdout or "") + (result.stderr or "")
     else:
         with open(log_file, "w") as out:
-            result = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+            result = subprocess.run(
+                cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, input=stdin_text, text=True
+            )
         output = log_file.read_text(errors="replace")
     if result.returncode != 0:
         raise RuntimeError(f"failed to {what} (exit code {result.returncode}):\n{output[-4000:]}")
@@ -308,9 +372,16 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
     """
     recipe = RECIPES[recipe] if isinstance(recipe, str) else recipe
     model_dir = Path(model_dir)
-    config_digest = hashlib.sha256(
-        resources.files("vllm_modelslim.examples").joinpath("configs").joinpath(recipe.config).read_bytes()
-    ).hexdigest()[:8]
+    if recipe.practice_quant_type:  # the tool's built-in configuration, fixed by its version
+        key = f"{MSMODELSLIM_VERSION}:{recipe.msmodelslim_model_type}:{recipe.practice_quant_type}".encode()
+    else:
+        key = (
+            resources.files("vllm_modelslim.examples")
+            .joinpath("configs")
+            .joinpath(recipe.config)
+            .read_bytes()
+        )
+    config_digest = hashlib.sha256(key).hexdigest()[:8]
     out = cache_dir() / "checkpoints" / f"{recipe.name}-{model_key(model_dir)}-{config_digest}"
     if (out / ".complete").exists() and not force:
         return out
@@ -323,7 +394,8 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
         else:
             dataset = write_calibration_file(work / "calib.jsonl")
         config = work / "config.yaml"
-        config.write_text(config_text(recipe, dataset))
+        if not recipe.practice_quant_type:
+            config.write_text(config_text(recipe, dataset))
         source = _model_copy(model_dir, recipe.model_dtype, work)
         partial = out.with_name(out.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
@@ -335,11 +407,24 @@ def quantize(model_dir: str | Path, recipe: str | QuantRecipe, log=print, force:
             "--model_path", str(source),
             "--save_path", str(partial),
             "--device", "cpu",
-            "--config_path", str(config),
         ]  # fmt: skip
+        if recipe.practice_quant_type:
+            command += ["--quant_type", recipe.practice_quant_type]
+        else:
+            command += ["--config_path", str(config)]
         env_log = work / "msmodelslim.log"
+        env = None
+        if recipe.site_dir:
+            site = resources.files("vllm_modelslim.examples").joinpath(recipe.site_dir)
+            env = {
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
+            }
         # msmodelslim writes scratch files (features.npy) into the working directory.
-        run_command(command, f"quantize with msmodelslim ({recipe.name})", cwd=work, log_file=env_log)
+        run_command(
+            command, f"quantize with msmodelslim ({recipe.name})", cwd=work, log_file=env_log, env=env,
+            stdin_text="y\n" if recipe.practice_quant_type else "",
+        )  # fmt: skip
         shutil.copy(env_log, partial / "msmodelslim.log")
     description = load_description(partial)
     missing = set(recipe.quant_types) - description.quant_types()

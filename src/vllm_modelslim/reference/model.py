@@ -24,9 +24,11 @@ from vllm_modelslim.format.description import (
     find_description_file,
     parse_description_file,
 )
+from vllm_modelslim.format.planned_layer import ROW_PARALLEL_NAMES
 from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
 from vllm_modelslim.reference.kv_cache import QuantDequantKVCache, c8_layer_params
 from vllm_modelslim.reference.moe import ReferenceExperts, float_linear
+from vllm_modelslim.reference.mtp import pop_mtp_tensors
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 
 
@@ -60,13 +62,25 @@ class ReferenceModel:
             names no ``*ForCausalLM`` architecture.
         dtype: compute dtype outside the quantized linears (float32 default).
         kv_consumer: compute W8A8_MIX layers as a decode (KV-consumer) instance does.
+        tensor_parallel: compute quantized row-parallel layers (:data:`ROW_PARALLEL_NAMES`:
+            o_proj, down_proj, the experts' down_proj) as this many ranks do: each on its
+            K-slice, summed (``ReferenceQuantizedLinear(k_parts=...)``).
+        expert_parallel: experts run whole on one rank each (vLLM's expert
+            parallelism): their down_proj is not split.
 
     Raises:
         ValueError: checkpoint tensors that the model does not consume, or
             model parameters that the checkpoint does not provide.
     """
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, kv_consumer: bool = False):
+    def __init__(
+        self,
+        model_dir: str | Path,
+        dtype: torch.dtype = torch.float32,
+        kv_consumer: bool = False,
+        tensor_parallel: int = 1,
+        expert_parallel: bool = False,
+    ):
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
         model_dir = Path(model_dir)
@@ -77,8 +91,10 @@ class ReferenceModel:
         tensors: dict[str, torch.Tensor] = {}
         for path in sorted(model_dir.glob("*.safetensors")):
             tensors.update(load_file(str(path)))
+        self.mtp_tensors = pop_mtp_tensors(tensors, config)  # not read by the main model's forward
         self.description = self._description(model_dir)
         self.kv_consumer = kv_consumer
+        self.tensor_parallel, self.expert_parallel = tensor_parallel, expert_parallel
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.kv_cache_quant = c8_layer_params(tensors, kv_heads, head_dim)
@@ -107,8 +123,14 @@ class ReferenceModel:
     def _replace_experts(self, tensors: dict[str, torch.Tensor]) -> dict[str, set[str]]:
         """Replace each routed-experts module stored per expert by :class:`ReferenceExperts`."""
         replaced: dict[str, set[str]] = {}
-        num_experts = getattr(self.model.config, "num_experts", None) or getattr(
-            self.model.config, "num_local_experts", None
+        config = self.model.config
+        num_experts = next(
+            (
+                n
+                for key in ("num_experts", "num_local_experts", "n_routed_experts")
+                if (n := getattr(config, key, None))
+            ),
+            None,
         )
         for name, _module in list(self.model.named_modules()):
             stored = any(k.startswith(f"{name}.0.gate_proj.") for k in tensors)
@@ -136,7 +158,12 @@ class ReferenceModel:
         quant_type = self.description.quant_type(f"{name}.weight") if self.description else None
         if quant_type in (None, FLOAT):
             return float_linear(tensors["weight"], self.dtype), None
-        return ReferenceQuantizedLinear(quant_type, tensors, None, self.kv_consumer), quant_type
+        parts = 1 if self.expert_parallel else self._k_parts(name)
+        return ReferenceQuantizedLinear(quant_type, tensors, None, self.kv_consumer, parts), quant_type
+
+    def _k_parts(self, name: str) -> int:
+        """Ranks the K of linear ``name`` is split over (row-parallel layers under tensor parallelism)."""
+        return self.tensor_parallel if name.rpartition(".")[2] in ROW_PARALLEL_NAMES else 1
 
     def _compressed_tensors_group(self, name: str, module: torch.nn.Module) -> tuple[str, dict] | None:
         """``(group name, its args)`` of the first ``config_groups`` entry that targets ``name``."""
@@ -172,12 +199,17 @@ class ReferenceModel:
                 continue
             quant_type = self.description.quant_type(f"{name}.weight")
             if quant_type in (None, FLOAT):
+                if module.bias is None and f"{name}.bias" in tensors:  # m4 smoothing's bias, FLOAT layer
+                    parent_name, _, child = name.rpartition(".")
+                    biased = torch.nn.Linear(module.in_features, module.out_features, dtype=self.dtype)
+                    setattr(self.model.get_submodule(parent_name), child, biased)  # loaded with the rest
                 continue
+            parts = self._k_parts(name)
             self._swap_linear(
                 name,
                 tensors,
-                lambda layer_tensors, bias, qt=quant_type: ReferenceQuantizedLinear(
-                    qt, layer_tensors, bias, self.kv_consumer
+                lambda layer_tensors, bias, qt=quant_type, parts=parts: ReferenceQuantizedLinear(
+                    qt, layer_tensors, bias, self.kv_consumer, parts
                 ),
             )
             replaced[name] = quant_type
