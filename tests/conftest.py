@@ -130,3 +130,33 @@ def deepseek_v3_checkpoint(deepseek_v3_model):
     from vllm_modelslim.examples.msmodelslim_runner import quantize
 
     return lambda recipe: quantize(deepseek_v3_model, recipe, log=print)
+
+
+@pytest.fixture(scope="session")
+def deepseek_v3_mtp_checkpoint(deepseek_v3_checkpoint):
+    """``deepseek_v3_mtp_checkpoint(describe_as) -> (source, folder)``, each folder written once per session.
+
+    Hand-made (``write_with_float_mtp_layer``): the tool-made W8A8_DYNAMIC
+    checkpoint plus a float MTP layer, absent from the description
+    (``describe_as`` None) or listed under ``describe_as`` without its tensors.
+    """
+    from vllm_modelslim.examples.msmodelslim_runner import cache_dir
+    from vllm_modelslim.examples.tiny_deepseek_v3 import (
+        TinyDeepseekV3Spec,
+        cached_tiny_deepseek_v3,
+        write_with_float_mtp_layer,
+    )
+
+    source = deepseek_v3_checkpoint("deepseek_v3_w8a8_dynamic")
+    mtp_model = cached_tiny_deepseek_v3(TinyDeepseekV3Spec(num_nextn_predict_layers=1), progress=print)
+    folders: dict[str | None, Path] = {}
+
+    def build(describe_as: str | None = None) -> tuple[Path, Path]:
+        if describe_as not in folders:
+            name = "mtp-float" if describe_as is None else "mtp-bad"
+            folders[describe_as] = write_with_float_mtp_layer(
+                source, cache_dir() / "handmade" / f"{name}-{source.name}", mtp_model, describe_as=describe_as
+            )
+        return source, folders[describe_as]
+
+    return build

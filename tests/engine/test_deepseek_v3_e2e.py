@@ -36,12 +36,6 @@ import torch
 from e2e_compare import compare_with_reference, evaluation_sequences, prompt_sequences, top1_agreement
 from test_bad_checkpoints import load_error
 
-from vllm_modelslim.examples.msmodelslim_runner import cache_dir
-from vllm_modelslim.examples.tiny_deepseek_v3 import (
-    TinyDeepseekV3Spec,
-    cached_tiny_deepseek_v3,
-    write_with_float_mtp_layer,
-)
 from vllm_modelslim.examples.vllm_runner import close_llm, greedy_generate, make_llm, reset_after_failed_start
 from vllm_modelslim.format.errors import ModelSlimFormatError
 from vllm_modelslim.reference.deepseek_v3 import DeepseekV3Reference, dequantized_weight
@@ -157,16 +151,8 @@ def test_unquantized_model_matches_reference(deepseek_v3_model):
         close_llm(llm)
 
 
-@pytest.fixture(scope="module")
-def mtp_model():
-    return cached_tiny_deepseek_v3(TinyDeepseekV3Spec(num_nextn_predict_layers=1), progress=print)
-
-
-def test_float_mtp_layer_absent_from_description_is_ignored(deepseek_v3_checkpoint, mtp_model):
-    source = deepseek_v3_checkpoint("deepseek_v3_w8a8_dynamic")
-    folder = write_with_float_mtp_layer(
-        source, cache_dir() / "handmade" / f"mtp-float-{source.name}", mtp_model
-    )
+def test_float_mtp_layer_absent_from_description_is_ignored(deepseek_v3_mtp_checkpoint):
+    source, folder = deepseek_v3_mtp_checkpoint()
     llm = make_llm(folder, "ascend", dtype="float32")
     try:
         prompts = prompt_sequences(folder)[:2]
@@ -177,11 +163,8 @@ def test_float_mtp_layer_absent_from_description_is_ignored(deepseek_v3_checkpoi
         close_llm(llm)
 
 
-def test_mtp_layer_described_quantized_without_its_tensors_is_refused(deepseek_v3_checkpoint, mtp_model):
-    source = deepseek_v3_checkpoint("deepseek_v3_w8a8_dynamic")
-    folder = write_with_float_mtp_layer(
-        source, cache_dir() / "handmade" / f"mtp-bad-{source.name}", mtp_model, describe_as="W8A8_DYNAMIC"
-    )
+def test_mtp_layer_described_quantized_without_its_tensors_is_refused(deepseek_v3_mtp_checkpoint):
+    _, folder = deepseek_v3_mtp_checkpoint("W8A8_DYNAMIC")
     raised = load_error(folder)
     message = str(raised)
     print(f"\n{type(raised).__name__}: {message}")

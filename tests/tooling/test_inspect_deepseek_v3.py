@@ -13,12 +13,6 @@ from __future__ import annotations
 
 import pytest
 
-from vllm_modelslim.examples.msmodelslim_runner import cache_dir
-from vllm_modelslim.examples.tiny_deepseek_v3 import (
-    TinyDeepseekV3Spec,
-    cached_tiny_deepseek_v3,
-    write_with_float_mtp_layer,
-)
 from vllm_modelslim.inspection import inspect_checkpoint
 
 LAYERS = 3  # TinyDeepseekV3Spec's default: layer 0 dense, layers 1-2 MoE
@@ -53,24 +47,13 @@ def test_tool_made_checkpoint_inspects_clean(deepseek_v3_checkpoint, recipe, att
     assert all(row.quant_type == "FLOAT" for p, row in rows.items() if p.endswith("mlp.gate"))
 
 
-@pytest.fixture(scope="module")
-def mtp_model():
-    return cached_tiny_deepseek_v3(TinyDeepseekV3Spec(num_nextn_predict_layers=1), progress=print)
-
-
-def test_float_mtp_layer_without_entries_inspects_clean(deepseek_v3_checkpoint, mtp_model):
-    source = deepseek_v3_checkpoint("deepseek_v3_w8a8_dynamic")
-    folder = write_with_float_mtp_layer(
-        source, cache_dir() / "handmade" / f"mtp-float-{source.name}", mtp_model
-    )
+def test_float_mtp_layer_without_entries_inspects_clean(deepseek_v3_mtp_checkpoint):
+    source, folder = deepseek_v3_mtp_checkpoint()
     assert inspect_checkpoint(folder).problems == []
 
 
-def test_mtp_layer_described_quantized_without_its_tensors(deepseek_v3_checkpoint, mtp_model):
-    source = deepseek_v3_checkpoint("deepseek_v3_w8a8_dynamic")
-    folder = write_with_float_mtp_layer(
-        source, cache_dir() / "handmade" / f"mtp-bad-{source.name}", mtp_model, describe_as="W8A8_DYNAMIC"
-    )
+def test_mtp_layer_described_quantized_without_its_tensors(deepseek_v3_mtp_checkpoint):
+    _, folder = deepseek_v3_mtp_checkpoint("W8A8_DYNAMIC")
     problems = inspect_checkpoint(folder).problems
     assert problems
     mtp = f"model.layers.{LAYERS}."
