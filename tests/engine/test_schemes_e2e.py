@@ -112,7 +112,7 @@ def test_every_linear_layer_runs_its_scheme(engine):
     assert table["lm_head"][0] == "UnquantizedEmbeddingMethod"
 
 
-def describe_weight_copies(model: torch.nn.Module) -> list[tuple[str, list[bool], int]]:
+def describe_weight_copies(model: torch.nn.Module) -> list[tuple[str, list[bool], int, list[bool], int]]:
     from vllm_modelslim.kernels.base import QuantKernel
 
     rows = []
@@ -121,18 +121,30 @@ def describe_weight_copies(model: torch.nn.Module) -> list[tuple[str, list[bool]
         if hasattr(module, "modelslim_kernel") or hasattr(module, "modelslim_kernels"):
             stored = getattr(module, "weight", None)
             stored = getattr(module, "weight_packed", None) if stored is None else stored
-            rows.append((name, [k.copies_weight for k in kernels], stored.numel()))
+            scale = getattr(module, "weight_scale", None)
+            rows.append(
+                (
+                    name,
+                    [k.copies_weight for k in kernels],
+                    stored.numel(),
+                    [k.copies_scales for k in kernels],
+                    -1 if scale is None else scale.numel(),
+                )
+            )
     return rows
 
 
 def test_one_weight_copy_per_layer(engine):
-    """A kernel with its own (prepacked) weight copy frees the layer's checkpoint tensor; others share it."""
+    """A kernel with its own (prepacked) weight copy frees the layer's checkpoint tensor; others share it.
+    The same for the scales, where the kernels keep them in their own layout (int4pack)."""
     _, _, llm = engine
     (rows,) = llm.apply_model(describe_weight_copies)
     assert rows
-    for name, copies, weight_numel in rows:
+    for name, copies, weight_numel, copies_scales, scale_numel in rows:
         assert copies, name
         assert (weight_numel == 0) == all(copies), (name, copies, weight_numel)
+        if scale_numel >= 0:
+            assert (scale_numel == 0) == all(copies + copies_scales), (name, copies_scales, scale_numel)
 
 
 def test_greedy_tokens_match_reference(engine, prompts):

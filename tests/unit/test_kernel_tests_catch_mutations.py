@@ -88,7 +88,7 @@ def test_weight_only_int8(kernel, m, dtype):
 
 
 @pytest.mark.parametrize("kernel", _cpu(WEIGHT_ONLY_INT4_KERNELS), ids=lambda k: k.name)
-@pytest.mark.parametrize("m", [1, 7, 33])
+@pytest.mark.parametrize("m", [1, 7, 33, 65])  # 65: cpu_int4pack's many-rows path on either GEMM route
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_weight_only_int4(kernel, m, dtype):
     x, q, scale, zp, bias = int4_case(m, 64, 256, 64, True, dtype)

@@ -9,7 +9,6 @@ from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
 from vllm_modelslim.kernels.weight_only import (
     CpuInt4PackWeightOnlyInt4,
     Int8PackWeightOnlyInt8,
-    dequantize_int4_weight,
     make_weight_only_int4,
     make_weight_only_int8,
     weight_only_int4_reference,
@@ -70,11 +69,18 @@ def test_int4pack_layout_is_read_back_exactly(n):
     if not INT4PACK_BLOCK_GEMM:
         pytest.skip("torch's int4pack layout here is not the 64-channel one: op for every M")
     assert torch.equal(kernel._unpacked_t(slice(None)).T.to(torch.int8) - 8, q)
-    # Block by block (512 output channels), as the GEMM reads it.
+    # Block by block (512 output channels), as the GEMM reads it: q·s + zero with the op's own
+    # scale_and_zeros (s and −z·s in bf16), in float32; the bf16 route rounds that once to bf16.
     cols = slice(512, 1024) if n == 1024 else slice(0, 64)
-    torch.testing.assert_close(
-        kernel._dequantized_t(cols).T, dequantize_int4_weight(q, scale, zp)[cols].float()
-    )
+    s_op = scale.to(torch.bfloat16).double()
+    zero_op = (-zp * scale).to(torch.bfloat16).double()
+    want = q.double() * s_op.repeat_interleave(128, 1) + zero_op.repeat_interleave(128, 1)
+    torch.testing.assert_close(kernel._dequantized_t(cols).T.double(), want[cols], rtol=1e-7, atol=0)
+    scratch = torch.empty(256 * (cols.stop - cols.start), dtype=torch.bfloat16)
+    for _ in range(2):  # twice: the weight must come out unchanged (its bytes are never worked on in place)
+        bf16 = kernel._dequantized_t_bf16(cols, scratch)
+        assert torch.equal(bf16, kernel._dequantized_t(cols).to(torch.bfloat16))
+    assert torch.equal(kernel._unpacked_t(slice(None)).T.to(torch.int8) - 8, q)
 
 
 @needs_int4pack
@@ -84,22 +90,62 @@ def test_int4pack_unknown_block_layout_keeps_the_op():
     assert kernel.many_rows_from == 0
 
 
+@pytest.fixture(params=[torch.float32, torch.bfloat16], ids=["float32-gemm", "bf16-gemm"])
+def many_rows_gemm(request, monkeypatch):
+    """Builds kernels whose many-rows GEMM runs in this dtype, whatever the host (the bf16 route is
+    exact on any CPU, only slow without native bf16): the CPU check answers as that route's host would."""
+    native = request.param == torch.bfloat16
+    monkeypatch.setattr(float_gemm.cpu_platform, "cpu_has_native_bf16", lambda: native)
+    return request.param
+
+
+def test_many_rows_gemm_dtype_follows_the_cpu_and_the_activations(monkeypatch):
+    monkeypatch.setattr(float_gemm.cpu_platform, "cpu_has_native_bf16", lambda: True)
+    assert float_gemm.many_rows_gemm_dtype(torch.bfloat16) == torch.bfloat16
+    assert float_gemm.many_rows_gemm_dtype(torch.float16) == torch.float32
+    assert float_gemm.many_rows_gemm_dtype(torch.float32) == torch.float32
+    monkeypatch.setattr(float_gemm.cpu_platform, "cpu_has_native_bf16", lambda: False)
+    assert float_gemm.many_rows_gemm_dtype(torch.bfloat16) == torch.float32
+
+
 @needs_int4pack
 @needs_int4pack_block_gemm
-def test_int4_many_rows_with_several_blocks_matches_reference():
+def test_int4_many_rows_with_several_blocks_matches_reference(many_rows_gemm):
     g = torch.Generator().manual_seed(1)
     n, k, group = 1088, 256, 64  # three GEMM blocks, the last one partial
     q = torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g)
     scale = torch.rand(n, k // group, generator=g) * 0.05 + 1e-3
     zp = torch.randint(-4, 4, (n, k // group), generator=g).float()
-    x = torch.randn(40, k, generator=g).to(torch.bfloat16)
+    x = torch.randn(70, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
     kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16)
+    assert kernel.many_rows_dtype == many_rows_gemm and x.shape[0] >= kernel.many_rows_from
     got = kernel(x, bias)
     want = weight_only_int4_reference(x, q, scale, zp, bias, torch.float64)
-    # float32 GEMM with float32 scales, one bf16 rounding of the output: the reference's bound (kernel_bounds)
-    exact, bound = weight_only_expectation("int4", "reference", x, q, scale, zp, bias)
+    # Both routes use the op's scale_and_zeros (s, −z·s in bf16); the bf16 one also rounds W and
+    # x·Wᵀ to bf16 before the bias: the roundings declared for cpu_int4pack (kernel_bounds).
+    exact, bound = weight_only_expectation("int4", "cpu_int4pack", x, q, scale, zp, bias)
     torch.testing.assert_close(want, exact, rtol=1e-12, atol=1e-12)
+    assert_within(got, exact, bound)
+    assert torch.equal(kernel(x, bias), got)  # a second call: same bits (nothing kept from the first)
+
+
+@needs_int8pack
+@pytest.mark.parametrize("zero_point", [False, True])
+def test_int8_many_rows_with_several_blocks_matches_reference(many_rows_gemm, zero_point):
+    g = torch.Generator().manual_seed(4)
+    n, k = 1100, 200  # three GEMM blocks, the last one partial; K padded to 208 for the op
+    q = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
+    scale = torch.exp2(-torch.randint(6, 11, (n,), generator=g).float())
+    zp = torch.randint(-60, 60, (n,), generator=g).float() if zero_point else None
+    x = torch.randn(40, k, generator=g).to(torch.bfloat16)
+    bias = torch.randn(n, generator=g).to(torch.bfloat16)
+    kernel = make_weight_only_int8(q, scale, zp, torch.bfloat16)
+    assert kernel.many_rows_dtype == many_rows_gemm and x.shape[0] >= kernel.many_rows_from
+    got = kernel(x, bias)
+    # bf16 route: x·qᵀ rounded to bf16 (exact integer weights), then the float32 epilogue: the
+    # op's own declared rounding; float32 route: within it.
+    exact, bound = weight_only_expectation("int8", "cpu_int8pack", x, q, scale, zp, bias)
     assert_within(got, exact, bound)
 
 

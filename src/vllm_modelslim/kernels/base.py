@@ -22,6 +22,9 @@ class QuantKernel(torch.nn.Module):
     copies_weight: ClassVar[bool] = False
     """True when the kernel keeps its own copy of the weight (e.g. a library's prepacked layout),
     so that the layer's checkpoint tensor can be freed after loading."""
+    copies_scales: ClassVar[bool] = False
+    """True when the kernel also keeps its own copy of the weight's scales and zero points (in
+    its layout), so that the layer's checkpoint ``weight_scale``/``weight_offset`` can be freed too."""
 
     @classmethod
     def is_supported(cls, device_type: str) -> tuple[bool, str | None]:

@@ -8,6 +8,9 @@ from pathlib import Path
 INT8_DOT_CPU_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 """CPU flags (x86 VNNI/AMX, Arm dot-product) that give native int8 dot products."""
 
+BF16_DOT_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""x86 CPU flags that give native bf16 dot products (oneDNN's bf16 GEMM runs on them)."""
+
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
@@ -46,3 +49,21 @@ def cpu_has_amx_tiles() -> bool:
     if is_amx_tile_supported is not None:
         return bool(is_amx_tile_supported())
     return "amx_tile" in cpu_flags()
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU multiplies bf16 natively (x86 AVX512-BF16 or AMX-BF16).
+
+    oneDNN's bf16 GEMM (behind ``torch.mm`` and vLLM-CPU's unquantized
+    layers) then runs at about twice its float32 speed; without it oneDNN
+    converts bf16 in software and the bf16 GEMM is several times slower than
+    float32 (``benchmarks/kernels.py``). The answer is torch's own check
+    (``torch.cpu._is_avx512_bf16_supported``, true on AMX CPUs too); the
+    :data:`BF16_DOT_CPU_FLAGS` only where torch lacks it. Arm's bf16 extensions are not counted (unmeasured).
+    """
+    import torch
+
+    is_avx512_bf16_supported = getattr(torch.cpu, "_is_avx512_bf16_supported", None)
+    if is_avx512_bf16_supported is not None:
+        return bool(is_avx512_bf16_supported())
+    return any(flag in cpu_flags() for flag in BF16_DOT_CPU_FLAGS)

@@ -1,4 +1,4 @@
-"""CPU weight-only int8 kernel: ``aten._weight_int8pack_mm`` for few rows, float32 GEMM for many.
+"""CPU weight-only int8 kernel: ``aten._weight_int8pack_mm`` for few rows, a block GEMM for many.
 
 ``_weight_int8pack_mm(x, w_q, ones)`` returns ``x·w_qᵀ`` rounded to the
 activation dtype; the per-channel scale, the zero-point correction
@@ -10,12 +10,19 @@ Measured with K = N = 4096 on 2 cores: 0.75 ms at M = 1 against 2.3 ms for a
 bf16 ``matmul`` (``benchmarks/kernels.py``); with fp32 activations the op is
 several times slower than a float ``matmul``, hence bf16/fp16 only.
 
-Without native bf16 arithmetic the op's cost grows with M like a bf16
-``matmul`` (130 ms at M = 256, against 43 ms for float32), so from
-:data:`MANY_ROWS_FROM` rows on the kernel converts the int8 weight to float32
-(exact) one block of output channels at a time, into a shared scratch buffer,
-and runs a float32 GEMM: the same epilogue, a more precise accumulator, no
-float copy of the weight kept between calls.
+The op's cost grows fast with M (130 ms at M = 256 against 43 ms for a float32
+``matmul``, measured without native bf16), so from :data:`MANY_ROWS_FROM` rows
+on (:data:`BF16_MANY_ROWS_FROM` on the bf16 route) the kernel converts the
+int8 weight (exact in bf16 and float32) one block of output channels at a time
+into a shared scratch buffer and runs a GEMM
+(:mod:`~vllm_modelslim.kernels.float_gemm`): in bf16 on CPUs with native bf16
+(AVX512-BF16, AMX) for bf16 activations — ``x·w_qᵀ`` rounded to bf16, the op's
+own rounding — else in float32; the same float32 epilogue either way, no float
+copy of the weight kept between calls. Measured on a 2-core AMD EPYC with
+AVX512-BF16 (one thread, K = 2048, N = 6144, M = 512): 0.41× vLLM's prepacked
+oneDNN bf16 GEMM over float32 blocks, 0.85× over bf16 blocks
+(``benchmarks/kernels.py``); on AMX CPUs the bf16 route is the one taken, its
+speed there unmeasured.
 """
 
 from __future__ import annotations
@@ -23,15 +30,18 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm_modelslim.kernels.float_gemm import float32_gemm_by_blocks
+from vllm_modelslim.kernels.float_gemm import gemm_by_blocks, many_rows_gemm_dtype
 from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM, RowDispatchMixin
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel
 
 _K_MULTIPLE = 16
+BF16_MANY_ROWS_FROM = 16
+"""Smallest M of the many-rows path when its GEMM runs in bf16: the measured crossover with the op
+(AVX512-BF16, one thread, K = 2048, N = 6144: op 3.2 / 6.2 ms, bf16 blocks 4.0 / 5.1 ms at M = 8 / 16)."""
 
 
 class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyKernel):
-    """``aten._weight_int8pack_mm`` (few rows) / float32 GEMM (many rows) kernel (CPU, bf16/fp16 x).
+    """``aten._weight_int8pack_mm`` (few rows) / bf16 or float32 block GEMM (many rows), CPU, bf16/fp16 x.
 
     Per-channel scales only; it keeps them, and the zero points, as ``[N]`` vectors.
     """
@@ -68,27 +78,51 @@ class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyKernel):
         self.register_buffer(
             "unit_scale", torch.ones(weight.shape[0], dtype=config.act_dtype), persistent=False
         )
+        self.many_rows_dtype = many_rows_gemm_dtype(config.act_dtype)
+        if self.many_rows_dtype == torch.bfloat16:
+            self.many_rows_from = BF16_MANY_ROWS_FROM
         self.register_row_dispatch()
 
     def forward_few_rows(self, x, bias):  # noqa: D102
         x_padded = F.pad(x, (0, self.k_pad)) if self.k_pad else x
         acc = torch.ops.aten._weight_int8pack_mm(x_padded.contiguous(), self.weight, self.unit_scale)
-        return self._epilogue(acc.to(torch.float32), x, bias)
+        return self._epilogue(acc, x, bias, slice(None))
 
     def forward_many_rows(self, x, bias):  # noqa: D102
         k = self.config.in_features
 
         def weight_t_block(cols: slice, scratch: torch.Tensor) -> torch.Tensor:
             block = scratch.view(cols.stop - cols.start, k)
-            return block.copy_(self.weight[cols, :k]).T  # int8 → float32 is exact
+            return block.copy_(self.weight[cols, :k]).T  # int8 → bf16 or float32 is exact
 
-        acc = float32_gemm_by_blocks(x, weight_t_block, self.config.out_features)
-        return self._epilogue(acc, x, bias)
+        def epilogue(acc: torch.Tensor, cols: slice) -> torch.Tensor:
+            return self._epilogue(acc, x, bias, cols, row_sums, out_dtype=torch.float32)
 
-    def _epilogue(self, y: torch.Tensor, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        row_sums = None if self.zero_point is None else x.to(torch.float32).sum(dim=-1, keepdim=True)
+        return gemm_by_blocks(
+            x, weight_t_block, self.config.out_features, self.many_rows_dtype, epilogue=epilogue
+        )
+
+    def _epilogue(
+        self,
+        acc: torch.Tensor,
+        x: torch.Tensor,
+        bias: torch.Tensor | None,
+        cols: slice,
+        row_sums: torch.Tensor | None = None,
+        out_dtype: torch.dtype | None = None,
+    ) -> torch.Tensor:
+        """``(acc − z·Σx)·s + b`` in float32 for output channels ``cols``, as ``out_dtype`` (``x.dtype``).
+
+        ``acc`` is ``x·w_qᵀ`` ``[M, len(cols)]`` (bf16 or float32); ``row_sums``
+        is ``Σ_k x[m, k]`` ``[M, 1]`` in float32 (computed here when None).
+        """
+        y = acc.to(torch.float32)  # a new tensor, or the fresh float32 accumulator itself
         if self.zero_point is not None:
-            y = y - x.to(torch.float32).sum(dim=-1, keepdim=True) * self.zero_point
-        y = y * self.weight_scale
+            if row_sums is None:
+                row_sums = x.to(torch.float32).sum(dim=-1, keepdim=True)
+            y = y.sub_(row_sums * self.zero_point[cols])
+        y = y.mul_(self.weight_scale[cols])
         if bias is not None:
-            y = y + bias.to(torch.float32)
-        return y.to(x.dtype)
+            y = y.add_(bias[cols].to(torch.float32))
+        return y.to(out_dtype or x.dtype)
