@@ -1,22 +1,31 @@
 """Micro-benchmarks of the quantized linear forwards against float matmul (same threads).
 
-    python benchmarks/kernels.py [--k 4096 --n 4096 --m 1 8 256 --threads 2]
+    python benchmarks/kernels.py [--k 4096 --n 4096 --m 1 8 256 --threads 2 --only "W8A8 static" W8A8_DYNAMIC]
+    python benchmarks/kernels.py --shapes 2048x2048 2048x6144 6144x2048 --m 1 8 128 512 2048 \
+        --threads 1 --clock cpu --only W8A16 W4A16      # weight-only prefill, steady on a shared host
 
 For each M it times, per call, bf16 and fp32 ``matmul`` (baselines) and each
 scheme's whole forward as the plugin runs it (activation quantization,
-selected kernel, epilogue): W8A8_DYNAMIC, W8A8 static, W8A16 (each weight-only
+selected kernel, epilogue): W8A8_DYNAMIC, W8A8 static (zero point 3 folded
+into an int32 bias, as ModelSlim's ``quant_bias``; each int8 GEMM kernel that
+can run it), W8A16 (each weight-only
 int8 kernel), W4A16 g128 (each weight-only int4 kernel), W4A8_DYNAMIC
 per-channel and per-group g128, W4A4_DYNAMIC and FlatQuant (64 × 64
 transform). It prints milliseconds and the ratio to bf16 measured in the same
 run (> 1 means faster than bf16) and to the fastest unquantized GEMM of the
 run. With vLLM installed it adds vLLM-CPU's prepacked oneDNN GEMMs: bf16 and
 fp32 (what vLLM runs for unquantized models on this CPU) and its W8A8 int8
-path (compressed-tensors checkpoints).
+path (compressed-tensors checkpoints), and its int4 weight-only GEMM
+``cpu_gemm_wna16`` (compressed-tensors W4A16). A weight-only kernel with a
+many-rows block GEMM gets a second row with the GEMM dtype this host does not
+choose (bf16 or float32 blocks), so both routes are measured.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import time
 from collections.abc import Callable
 
 import torch
@@ -30,7 +39,12 @@ from vllm_modelslim.kernels import (
     quantize_dynamic_per_token,
     quantize_static_per_tensor,
 )
-from vllm_modelslim.kernels.platform import cpu_flags, cpu_has_int8_dot
+from vllm_modelslim.kernels.platform import cpu_flags, cpu_has_int8_dot, cpu_has_native_bf16
+from vllm_modelslim.kernels.scaled_int8_mm import (
+    SCALED_INT8_MM_KERNELS,
+    ScaledInt8MMConfig,
+    int_bias_zero_point,
+)
 from vllm_modelslim.kernels.weight_only import (
     WEIGHT_ONLY_INT4_KERNELS,
     WEIGHT_ONLY_INT8_KERNELS,
@@ -56,7 +70,8 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
     w_bf16 = torch.randn(n, k, dtype=torch.bfloat16)
     w_fp32 = w_bf16.float()
     dynamic = make_scaled_int8_mm(w8, scale)
-    static = make_scaled_int8_mm(w8, scale, torch.zeros(n, dtype=torch.int32))
+    static_offset = 3
+    quant_bias = -static_offset * w8.sum(dim=1, dtype=torch.int32)  # quant_bias without a float bias
     w4a8 = make_scaled_int8_mm(w4, scale)
     w4a8_group = make_scaled_int8_mm(w4, group_scale)
     left, right = torch.randn(64, 64), torch.randn(k // 64, k // 64)
@@ -68,7 +83,6 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
         "bf16 matmul": lambda x: x @ w_bf16.T,
         "fp32 matmul": lambda x: x.float() @ w_fp32.T,
         "W8A8_DYNAMIC": int8_act(dynamic),
-        "W8A8 static": lambda x: static(quantize_static_per_tensor(x, 0.05, 3), None, None, torch.bfloat16),
         "W4A8_DYNAMIC per-channel": int8_act(w4a8),
         f"W4A8_DYNAMIC g{GROUP}": int8_act(w4a8_group),
         "W4A4_DYNAMIC": lambda x: w4a8(*quantize_dynamic_per_token(x, bits=4), None, torch.bfloat16),
@@ -78,18 +92,74 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
             torch.bfloat16,
         ),
     }
+    static_config = ScaledInt8MMConfig(
+        k, n, has_int_bias=True, int_bias_zero_point=int_bias_zero_point(w8, quant_bias)
+    )
+    for kernel in SCALED_INT8_MM_KERNELS:
+        if (
+            kernel.name != "reference"
+            and kernel.is_supported("cpu")[0]
+            and kernel.can_implement(static_config)[0]
+        ):
+            static = make_scaled_int8_mm(w8, scale, quant_bias, kernel=kernel)
+            layers[f"W8A8 static ({kernel.name})"] = lambda x, static=static: static(
+                quantize_static_per_tensor(x, 0.05, static_offset), None, None, torch.bfloat16
+            )
     for kernel in WEIGHT_ONLY_INT8_KERNELS:
         config = WeightOnlyConfig(k, n, k, torch.bfloat16, bits=8)
         if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
-            layer = make_weight_only_int8(w8, scale, None, torch.bfloat16, kernel=kernel)
-            layers[f"W8A16 ({kernel.name})"] = lambda x, layer=layer: layer(x, None)
+            make = functools.partial(make_weight_only_int8, w8, scale, None, torch.bfloat16)
+            make = functools.partial(make, kernel=kernel)
+            layers.update(weight_only_routes(f"W8A16 ({kernel.name})", make))
     for kernel in WEIGHT_ONLY_INT4_KERNELS:
         config = WeightOnlyConfig(k, n, GROUP, torch.bfloat16, bits=4)
         if kernel.name != "reference" and kernel.is_supported("cpu")[0] and kernel.can_implement(config)[0]:
-            layer = make_weight_only_int4(w4, group_scale, None, torch.bfloat16, kernel=kernel)
-            layers[f"W4A16 g{GROUP} ({kernel.name})"] = lambda x, layer=layer: layer(x, None)
+            make = functools.partial(
+                make_weight_only_int4, w4, group_scale, None, torch.bfloat16, kernel=kernel
+            )
+            layers.update(weight_only_routes(f"W4A16 g{GROUP} ({kernel.name})", make))
     layers.update(vllm_cpu_layers(w_bf16, w8, scale))
+    layers.update(vllm_wna16_layer(w4, group_scale))
     return layers
+
+
+def weight_only_routes(name: str, make: Callable[[], torch.nn.Module]) -> dict[str, Callable]:
+    """The kernel as selected, plus, for a kernel with a many-rows block GEMM, the other GEMM dtype
+    (bf16 or float32 blocks; this host's choice is ``many_rows_gemm_dtype``) as a second row."""
+    layer = make()
+    routes = {name: lambda x, layer=layer: layer(x, None)}
+    chosen = getattr(layer, "many_rows_dtype", None)
+    if chosen is not None and getattr(layer, "many_rows_from", 0):
+        other = make()
+        other.many_rows_dtype = torch.float32 if chosen == torch.bfloat16 else torch.bfloat16
+        label = "bf16" if other.many_rows_dtype == torch.bfloat16 else "float32"
+        routes[f"{name[:-1]}, {label} blocks)"] = lambda x, layer=other: layer(x, None)
+    return routes
+
+
+def vllm_wna16_layer(w4: torch.Tensor, group_scale: torch.Tensor) -> dict[str, Callable]:
+    """vLLM-CPU's own int4 weight-only GEMM (``cpu_gemm_wna16``, what it runs for compressed-tensors
+    W4A16 on CPU), symmetric ``uint4b8`` weights in its 16-channel blocked layout, when it has it."""
+    try:
+        from vllm import _custom_ops as ops
+        from vllm.model_executor.layers.quantization.utils.quant_utils import (
+            pack_quantized_values_into_int32,
+        )
+        from vllm.scalar_type import scalar_types
+    except ImportError:
+        return {}
+    if not hasattr(torch.ops._C, "cpu_gemm_wna16"):
+        return {}
+    n, k = w4.shape
+    packed = pack_quantized_values_into_int32((w4.to(torch.int32) + 8).T, scalar_types.uint4b8, 1)
+    packed = packed.reshape(k, -1, 2).permute(1, 0, 2).reshape(-1, k * 2).contiguous()  # as vLLM's cpu.py
+    scales = group_scale.T.contiguous().to(torch.bfloat16)  # [G, N]
+    isa = "amx" if torch.cpu._is_amx_tile_supported() else "vec"
+    return {
+        f"W4A16 g{GROUP} (vLLM cpu_gemm_wna16, {isa})": lambda x: ops.cpu_gemm_wna16(
+            x, packed, scales, None, None, 8, isa
+        )
+    }
 
 
 def vllm_cpu_layers(w_bf16: torch.Tensor, w8: torch.Tensor, scale: torch.Tensor) -> dict[str, Callable]:
@@ -121,27 +191,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--k", type=int, default=4096)
     parser.add_argument("--n", type=int, default=4096)
+    parser.add_argument(
+        "--shapes", nargs="+", default=None, help="K×N pairs such as 2048x6144 (instead of --k/--n)"
+    )
     parser.add_argument("--m", type=int, nargs="+", default=[1, 8, 256])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="cpu: the calling thread's CPU time, minimum of the runs (with --threads 1 only): "
+        "steady on a host shared with other work, where wall-clock medians drift",
+    )
+    parser.add_argument(
+        "--only", nargs="+", default=None, help="time only the forwards whose name contains one of these"
+    )
     args = parser.parse_args()
+    if args.clock == "cpu" and args.threads != 1:
+        parser.error("--clock cpu measures one thread: use it with --threads 1")
     torch.set_num_threads(args.threads)
     isa = torch.backends.cpu.get_cpu_capability()
     int8_flags = ", ".join(sorted(f for f in cpu_flags() if "vnni" in f or "amx" in f)) or "none"
+    shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes or [f"{args.k}x{args.n}"]]
     print(
-        f"K={args.k} N={args.n} threads={args.threads} torch={torch.__version__} cpu capability={isa} "
-        f"int8 dot product={cpu_has_int8_dot()} ({int8_flags})"
+        f"threads={args.threads} clock={args.clock} torch={torch.__version__} cpu capability={isa} "
+        f"int8 dot product={cpu_has_int8_dot()} ({int8_flags}) native bf16={cpu_has_native_bf16()}"
     )
-    layers = build_layers(args.n, args.k)
-    header = f"{'M':>4} {'forward':<36} {'ms':>9} {'x bf16':>8} {'x best':>8}"
+    for k, n in shapes:
+        time_shape(k, n, args)
+    print("x bf16: speed-up over torch's bf16 matmul; x best: over the fastest unquantized GEMM (*)")
+
+
+def time_shape(k: int, n: int, args: argparse.Namespace) -> None:
+    """Print one table: every forward at every M for a K×N weight."""
+    layers = build_layers(n, k)
+    if args.only:
+        keep = ("bf16 matmul", *UNQUANTIZED)
+        layers = {n: f for n, f in layers.items() if n in keep or any(word in n for word in args.only)}
+    title = f"forward (K={k} N={n})"
+    header = f"{'M':>4} {title:<48} {'ms':>9} {'x bf16':>8} {'x best':>8}"
     print(header)
     print("-" * len(header))
+    clock = time.thread_time if args.clock == "cpu" else None
     for m in args.m:
-        x = torch.randn(m, args.k, dtype=torch.bfloat16)
-        times = {name: median_ms(lambda layer=layer, x=x: layer(x)) for name, layer in layers.items()}
+        x = torch.randn(m, k, dtype=torch.bfloat16)
+        times = {
+            name: median_ms(lambda layer=layer, x=x: layer(x), clock=clock) for name, layer in layers.items()
+        }
         best = min(ms for name, ms in times.items() if name in UNQUANTIZED)
         for name, ms in times.items():
-            print(f"{m:>4} {name:<36} {ms:>9.3f} {times['bf16 matmul'] / ms:>8.2f} {best / ms:>8.2f}")
-    print("x bf16: speed-up over torch's bf16 matmul; x best: over the fastest unquantized GEMM (*)")
+            print(f"{m:>4} {name:<48} {ms:>9.3f} {times['bf16 matmul'] / ms:>8.2f} {best / ms:>8.2f}")
 
 
 if __name__ == "__main__":

@@ -108,8 +108,9 @@ def test_int4_selection_and_constraints():
     "m,n,k,groups", [(1, 16, 128, 2), (9, 24, 256, 4), (40, 8, 192, 3), (3, 8, 250, 2), (2, 5, 13, 1)]
 )
 def test_grouped_int8_gemm_matches_reference(kernel, m, n, k, groups):
-    if groups > 1 and not kernel.can_implement(ScaledInt8MMConfig(k, n, "cpu", k // groups))[0]:
-        pytest.skip(f"{kernel.name} has per-channel scales only")
+    ok, why = kernel.can_implement(ScaledInt8MMConfig(k, n, "cpu", k // groups if groups > 1 else 0))
+    if not ok:
+        pytest.skip(f"{kernel.name}: {why}")
     g = torch.Generator().manual_seed(1)
     x_q = torch.randint(-128, 128, (m, k), dtype=torch.int8, generator=g)
     w_q = torch.randint(-8, 8, (n, k), dtype=torch.int8, generator=g)

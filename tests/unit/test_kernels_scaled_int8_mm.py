@@ -10,6 +10,7 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
     ScaledInt8MMConfig,
     TorchIntMMScaledInt8MM,
     VllmOnednnScaledInt8MM,
+    VllmOnednnStaticScaledInt8MM,
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
 )
@@ -60,7 +61,9 @@ def test_accumulation_is_exact_at_int8_limits(kernel):
     x_q = torch.full((3, k), -128, dtype=torch.int8)
     x_q[1] = 127
     w_q = torch.full((5, k), -128, dtype=torch.int8)
-    mm = make_scaled_int8_mm(w_q, torch.ones(5), kernel=kernel)
+    needs_int_bias = not kernel.can_implement(ScaledInt8MMConfig(k, 5))[0]
+    int_bias = torch.zeros(5, dtype=torch.int32) if needs_int_bias else None
+    mm = make_scaled_int8_mm(w_q, torch.ones(5), int_bias, kernel=kernel)
     got = mm(x_q, None, None, torch.float64)
     assert got[0, 0].item() == 128 * 128 * k
     assert got[1, 0].item() == -127 * 128 * k
@@ -99,9 +102,9 @@ def test_fast_kernel_is_selected_on_cpu():
     onednn = VllmOnednnScaledInt8MM.is_supported("cpu")[0]
     fast = VllmOnednnScaledInt8MM if onednn else TorchIntMMScaledInt8MM
     assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16)), fast)
-    # an int32 bias must enter the exact accumulator: oneDNN cannot, torch._int_mm can
+    # an int32 bias must enter exactly: oneDNN's static handler as a zero point and a float32 remainder
     with_bias = make_scaled_int8_mm(w_q, torch.ones(16), torch.ones(16, dtype=torch.int32))
-    assert isinstance(with_bias, TorchIntMMScaledInt8MM)
+    assert isinstance(with_bias, VllmOnednnStaticScaledInt8MM if onednn else TorchIntMMScaledInt8MM)
     assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16, 2)), TorchIntMMScaledInt8MM)  # per-group
 
 

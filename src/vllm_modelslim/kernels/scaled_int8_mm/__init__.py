@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels.scaled_int8_mm.base import ScaledInt8MMConfig, ScaledInt8MMKernel
+from vllm_modelslim.kernels.scaled_int8_mm.base import (
+    ScaledInt8MMConfig,
+    ScaledInt8MMKernel,
+    int_bias_zero_point,
+)
 from vllm_modelslim.kernels.scaled_int8_mm.reference import (
     ReferenceScaledInt8MM,
     scaled_int8_mm_reference,
@@ -12,12 +16,14 @@ from vllm_modelslim.kernels.scaled_int8_mm.reference import (
 from vllm_modelslim.kernels.scaled_int8_mm.torch_int_mm import TorchIntMMScaledInt8MM
 from vllm_modelslim.kernels.scaled_int8_mm.vllm_cutlass import VllmCutlassScaledInt8MM
 from vllm_modelslim.kernels.scaled_int8_mm.vllm_onednn import VllmOnednnScaledInt8MM
+from vllm_modelslim.kernels.scaled_int8_mm.vllm_onednn_static import VllmOnednnStaticScaledInt8MM
 from vllm_modelslim.kernels.scaled_int8_mm.vllm_wna16_int8_act import VllmWna16Int8ActScaledInt8MM
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 
 SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = priority_list(
     VllmCutlassScaledInt8MM,
     VllmWna16Int8ActScaledInt8MM,
+    VllmOnednnStaticScaledInt8MM,
     VllmOnednnScaledInt8MM,
     TorchIntMMScaledInt8MM,
     ReferenceScaledInt8MM,
@@ -60,6 +66,7 @@ def make_scaled_int8_mm(
         group_size=in_features // groups if groups > 1 else 0,
         has_int_bias=int_bias is not None,
         out_dtype=out_dtype,
+        int_bias_zero_point=None if int_bias is None else int_bias_zero_point(weight, int_bias),
     )
     scales = "per-group" if config.group_size else "per-channel"
     purpose = f"scaled int8 GEMM, {scales} scales" + (", int32 bias" if int_bias is not None else "")
@@ -77,7 +84,9 @@ __all__ = [
     "TorchIntMMScaledInt8MM",
     "VllmCutlassScaledInt8MM",
     "VllmOnednnScaledInt8MM",
+    "VllmOnednnStaticScaledInt8MM",
     "VllmWna16Int8ActScaledInt8MM",
+    "int_bias_zero_point",
     "make_scaled_int8_mm",
     "scaled_int8_mm_reference",
 ]

@@ -20,8 +20,9 @@ scales only.
 The handler has no int32 output and no integer bias, so the int32 bias of
 static W8A8 (``quant_bias``) could only be added after scaling, as
 ``b_int · s_w``; where it nearly cancels the accumulator that loses digits
-(relative errors of 1e-5 measured at K = 1000), so the kernel refuses layers
-with an int32 bias and they keep ``torch._int_mm``.
+(relative errors of 1e-5 measured at K = 1000), so this kernel refuses layers
+with an int32 bias: :mod:`.vllm_onednn_static` runs them through the same
+library's static handler with an activation zero point.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from vllm_modelslim.kernels.scaled_int8_mm.base import ScaledInt8MMConfig, Scale
 _PRIMITIVE_CACHE_SIZE = 32
 
 
-def _vllm_cpu_ops():
+def vllm_cpu_ops():
     """VLLM's ``_custom_ops`` when vLLM is installed with its oneDNN CPU kernels, else None."""
     try:
         from vllm import _custom_ops as ops
@@ -61,7 +62,7 @@ class VllmOnednnScaledInt8MM(ScaledInt8MMKernel):
             return False, "vLLM's oneDNN int8 GEMM is a CPU kernel"
         if not cpu_has_int8_dot():
             return False, "without VNNI/AMX int8 dot products oneDNN's int8 GEMM is inexact"
-        if _vllm_cpu_ops() is None:
+        if vllm_cpu_ops() is None:
             return False, "vLLM with oneDNN CPU kernels is not installed"
         return True, None
 
@@ -75,7 +76,7 @@ class VllmOnednnScaledInt8MM(ScaledInt8MMKernel):
 
     def __init__(self, config, weight, weight_scale, int_bias=None):
         super().__init__(config, weight, weight_scale, int_bias)
-        ops = _vllm_cpu_ops()
+        ops = vllm_cpu_ops()
         self._ops = ops
         # Unit scales: the handler returns the int32 accumulator converted to float32, and the
         # shared epilogue scales it in the same order as every other kernel (bit-identical results).
