@@ -1,27 +1,45 @@
-"""Prefill and decode speed, peak memory and weight bytes of each quantized checkpoint in vLLM, vs BF16/FP32.
+"""Prefill and decode speed, memory and weight bytes of each quantized checkpoint in vLLM, vs BF16/FP32.
 
     python benchmarks/decode_speed.py                 # hidden-2048, 8-layer random Qwen3
     python benchmarks/decode_speed.py --model quick   # hidden-1024, 4 layers (a few minutes)
     python benchmarks/decode_speed.py --model demo    # the trained demo model (hidden 256)
+    python benchmarks/decode_speed.py --model moe-large   # random Qwen3-MoE, Qwen3-30B-A3B proportions
     python benchmarks/decode_speed.py --moe           # the tiny Qwen3-MoE and its checkpoints
     python benchmarks/decode_speed.py --glm4-moe      # the tiny GLM-4.5 MoE and its checkpoints
     python benchmarks/decode_speed.py --recipes w8a8_dynamic w4a16 ...
     python benchmarks/decode_speed.py --llmcompressor w8a8_dynamic w4a16_channel   # compressed-tensors
 
 The ``full`` and ``quick`` models are random-weight Qwen3s large enough that
-the GEMMs dominate (``benchmarks/speed_model.py``); every checkpoint is made
-from them by the real msmodelslim (cached; the GPTQ-based W4A16 takes ~6 min
-on the full model). One run starts, one after the other, each in a fresh
-process, a vLLM engine (vLLM's default torch.compile mode, ``--eager`` for
-eager mode) for the unquantized model in bf16 and in fp32 and for each
-quantized checkpoint (``quantization="ascend"``, bf16 activations), and
+the GEMMs dominate, ``moe-large`` a random-weight Qwen3-MoE (hidden 2048, 32
+experts of intermediate size 768, top-4, 4 layers; ``benchmarks/speed_model.py``);
+every checkpoint is made from them by the real msmodelslim (cached; the
+GPTQ-based W4A16 takes ~6 min on the full model; ``moe-large`` defaults to
+W8A8_DYNAMIC, W4A8_DYNAMIC per-channel experts and W8A16, ~1 min each). One
+run starts, one after the other, each in a fresh process, a vLLM engine
+(vLLM's default torch.compile mode, ``--eager`` for eager mode) for the
+unquantized model in bf16 and in fp32 and for each quantized checkpoint
+(``quantization="ascend"``, bf16 activations), and
 measures with greedy decoding and ``ignore_eos``:
 
 * prefill tokens/s: one prompt of ``--prompt-tokens`` tokens, ``max_tokens=1``;
 * decode tokens/s at batch 1 and batch 8: ``(t(1 + T) − t(1))`` for ``T`` new tokens;
-* peak RSS of the process (weights, KV cache of 256 MiB, runtime);
+* memory (``benchmarks/run_facts.py``; vLLM's engine runs inside the
+  measuring process, ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, tp=1):
+  ``peak RSS``: the process's own high-water mark (``VmHWM``) over loading,
+  compiling and decoding; ``tree peak``: the largest RSS of the process plus
+  its children (torch.compile's compile workers) sampled every 50 ms from
+  start until the timing begins; ``steady RSS``: process and children after
+  the timed decoding, i.e. what serving holds (weights, 256 MiB KV cache,
+  runtime). Not ``ru_maxrss``: a spawned process inherits its parent's;
 * weight bytes: every parameter and buffer the engine's model holds after
   loading, embeddings and LM head excluded (so a kept float copy would show).
+
+``--profile STEPS`` adds, per run, torch.profiler's table of one batch-1
+generation of ``STEPS`` decode steps (ops by self CPU time, and the wall time).
+
+The header names the host's CPU and ISA flags (``run_facts.host_isa``) and,
+under the table, each run lists the kernel the plugin chose per scheme (its
+"Selected kernel" log lines; "vLLM's own" for the unquantized runs).
 
 ``--llmcompressor SCHEME ...`` adds LLM-Compressor checkpoints of the same
 model (``examples/llmcompressor_runner.py``, cached), each run twice: with
@@ -38,7 +56,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import statistics
 import sys
 import time
@@ -50,7 +67,7 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
 
 SPEED_METRICS = ("prefill tok/s", "decode b1 tok/s", "decode b8 tok/s")
-MEMORY_METRICS = ("peak RSS MiB", "weights MiB")
+MEMORY_METRICS = ("peak RSS MiB", "tree peak MiB", "steady RSS MiB", "weights MiB")
 
 
 def weight_bytes(model) -> int:
@@ -91,22 +108,27 @@ def timed_generate(llm, prompts: list[list[int]], max_tokens: int) -> float:
 
 def measure(
     folder: Path, quantization: str | None, dtype: str, args, env: dict[str, str] | None = None
-) -> dict[str, float]:
-    """Speeds and memory of one engine (run in a fresh process: peak RSS is per process)."""
+) -> dict[str, float | str]:
+    """Speeds, memory and kernels of one engine (run in a fresh process: the peaks are per process)."""
     os.environ.update(env or {})  # before vLLM loads the plugin in this process
+    from run_facts import KernelChoices, TreeRssSampler, peak_rss_bytes, tree_rss_bytes
     from vllm_modelslim.examples.vllm_runner import close_llm, make_llm
 
-    llm = make_llm(
-        folder,
-        quantization,
-        dtype=dtype,
-        max_model_len=args.prompt_tokens + args.new_tokens + 8,
-        enforce_eager=args.eager,
-    )
-    prompt = [(7 * i) % 4000 + 10 for i in range(args.prompt_tokens)]
-    short = [prompt[: 16 + b] for b in range(8)]
-    result = {}
-    timed_generate(llm, [prompt], 4)  # warm-up
+    sampler = TreeRssSampler().start()
+    with KernelChoices() as kernels:
+        llm = make_llm(
+            folder,
+            quantization,
+            dtype=dtype,
+            max_model_len=args.prompt_tokens + args.new_tokens + 8,
+            enforce_eager=args.eager,
+        )
+        prompt = [(7 * i) % 4000 + 10 for i in range(args.prompt_tokens)]
+        short = [prompt[: 16 + b] for b in range(8)]
+        result: dict[str, float | str] = {}
+        timed_generate(llm, [prompt], 4)  # warm-up (compiles the prefill shape)
+        timed_generate(llm, short, 4)  # and batched decode
+    tree_peak = sampler.stop()  # no sampling thread while timing
     result["prefill tok/s"] = args.prompt_tokens / statistics.median(
         timed_generate(llm, [prompt], 1) for _ in range(args.repeats)
     )
@@ -117,28 +139,51 @@ def measure(
             timed_generate(llm, prompts, 1 + args.new_tokens) for _ in range(args.repeats)
         )
         result[f"decode b{batch} tok/s"] = batch * args.new_tokens / (full - first)
+    result["steady RSS MiB"] = tree_rss_bytes() / 2**20
+    result["peak RSS MiB"] = peak_rss_bytes() / 2**20
+    result["tree peak MiB"] = max(tree_peak, tree_rss_bytes()) / 2**20
     result["weights MiB"] = llm.apply_model(weight_bytes)[0] / 2**20
+    result["kernels"] = kernels.summary()
+    result["load average"] = os.getloadavg()[0]  # of the whole host: others' work slows the timings
+    if args.profile:
+        result["profile"] = profile_decode(llm, short[0], args.profile)
     close_llm(llm)
-    result["peak RSS MiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
+
+
+def profile_decode(llm, prompt: list[int], steps: int, rows: int = 25) -> str:
+    """torch.profiler's table (self CPU time per op, top ``rows``) of one batch-1 generation.
+
+    The generation is the prefill of ``prompt`` (short) then ``steps`` decode
+    steps; the header gives its wall time, so time outside the listed ops
+    (Python: vLLM's scheduler, the plugin's dispatch) is the difference.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        wall = timed_generate(llm, [prompt], 1 + steps)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
+    return f"prefill of {len(prompt)} tokens + {steps} decode steps: {wall * 1e3:.0f} ms wall\n{table}"
 
 
 def measure_in_subprocess(
     folder: Path, quantization: str | None, dtype: str, args, env: dict[str, str] | None = None
-) -> dict[str, float]:
+) -> dict[str, float | str]:
     """:func:`measure` in a fresh spawned process."""
     with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
         return pool.submit(measure, folder, quantization, dtype, args, env).result()
 
 
 W8_TYPES = ("w8a8", "w8a16")
-DEFAULTS = {"full": (512, 32), "quick": (512, 64), "demo": (256, 128)}
+MOE_LARGE_RECIPES = ("moe_w8a8_dynamic", "moe_w4a8_dynamic", "moe_w8a16")
+"""``--model moe-large``'s default recipes (W4A8_DYNAMIC: per-channel experts, W8A8_DYNAMIC attention)."""
+DEFAULTS = {"full": (512, 32), "quick": (512, 64), "demo": (256, 128), "moe-large": (512, 32)}
 """Per model: prompt tokens, new tokens."""
 
 
 def targets(recipe: str, values: dict[str, float], best: dict[str, float], bf16: dict[str, float]) -> str:
     """Which of issue 6's targets ``values`` meets (decode b1, prefill, weight memory)."""
-    w8 = recipe.startswith(W8_TYPES)
+    w8 = recipe.removeprefix("glm4_").removeprefix("moe_").startswith(W8_TYPES)
     checks = [
         (
             f"decode b1 ≥ {1.8 if w8 else 2.5}x",
@@ -154,9 +199,43 @@ def targets(recipe: str, values: dict[str, float], best: dict[str, float], bf16:
     return "; ".join(f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks)
 
 
+def print_report(results: dict[str, dict[str, float | str]], model_name: str, args) -> None:
+    """The table (ratios to the same run's BF16/FP32), host line, kernels, targets and profiles."""
+    import torch
+
+    from run_facts import host_isa
+
+    bf16 = results["BF16"]
+    best = {m: max(bf16[m], results["FP32"][m]) for m in SPEED_METRICS}
+    print(
+        f"\nmodel={model_name} threads={torch.get_num_threads()} prompt={args.prompt_tokens} tokens "
+        f"new tokens={args.new_tokens} {'eager' if args.eager else 'torch.compile'} ({sys.platform})"
+    )
+    print(f"CPU: {host_isa()}; load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("| run | " + " | ".join(SPEED_METRICS + MEMORY_METRICS) + " |")
+    print("|---" * (1 + len(SPEED_METRICS) + len(MEMORY_METRICS)) + "|")
+    for label, values in results.items():
+        cells = [
+            f"{values[m]:.1f} ({values[m] / best[m]:.2f}x best, {values[m] / bf16[m]:.2f}x BF16)"
+            for m in SPEED_METRICS
+        ]
+        cells += [f"{values[m]:.0f} ({values[m] / bf16[m]:.2f}x)" for m in MEMORY_METRICS]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    print("speed: ratio to the best of BF16/FP32 for that phase and to BF16; memory: ratio to BF16")
+    print("kernels chosen (scheme/purpose: kernel):")
+    for label, values in results.items():
+        print(f"  {label} (host load {values['load average']:.1f}): {values['kernels']}")
+    for label, values in results.items():
+        if label not in ("BF16", "FP32"):
+            print(f"{label}: {targets(label.removeprefix('ct-'), values, best, bf16)}")
+    for label, values in results.items():
+        if "profile" in values:
+            print(f"\nprofile of {label}: {values['profile']}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=("full", "quick", "demo"), default="full")
+    parser.add_argument("--model", choices=tuple(DEFAULTS), default="full")
     parser.add_argument("--recipes", nargs="+", help="msmodelslim recipes (default: one per quant type)")
     parser.add_argument(
         "--llmcompressor",
@@ -171,6 +250,13 @@ def main() -> None:
     parser.add_argument("--prompt-tokens", type=int, help="prefill prompt length (default 512; 256 for demo)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="after measuring, profile STEPS batch-1 decode steps per run (torch.profiler, ops by self time)",
+    )
+    parser.add_argument(
         "--eager", action="store_true", help="eager mode (default: vLLM's default torch.compile mode)"
     )
     parser.add_argument(
@@ -182,8 +268,6 @@ def main() -> None:
     prompt_tokens, new_tokens = DEFAULTS[args.model]
     args.prompt_tokens = args.prompt_tokens or prompt_tokens
     args.new_tokens = args.new_tokens or new_tokens
-
-    import torch
 
     from speed_model import build_speed_model
     from vllm_modelslim.examples.msmodelslim_runner import RECIPES, quantize
@@ -197,8 +281,11 @@ def main() -> None:
         model = cached_tiny_glm4_moe(progress=print)
     else:
         model = demo_model_dir() if args.model == "demo" else build_speed_model(args.model)
+    moe_large = args.model == "moe-large"
     if args.llmcompressor and not args.recipes:
         args.recipes = []
+    elif moe_large and not args.recipes:
+        args.recipes = list(MOE_LARGE_RECIPES)
     elif not args.recipes:
         fast = [name for name, r in RECIPES.items() if not r.extended and r.model_dtype == "bfloat16"]
         skip = ("asym", "c8", "mix", "m4")
@@ -227,28 +314,16 @@ def main() -> None:
             print(f"{label}: the engine did not run: {str(error).splitlines()[-1][:300]}", flush=True)
             continue
         print(
-            f"measured {label}: " + ", ".join(f"{k} {v:.1f}" for k, v in results[label].items()), flush=True
+            f"measured {label}: "
+            + ", ".join(
+                f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                for k, v in results[label].items()
+                if k != "profile"
+            ),
+            flush=True,
         )
 
-    bf16 = results["BF16"]
-    best = {m: max(bf16[m], results["FP32"][m]) for m in SPEED_METRICS}
-    print(
-        f"\nmodel={model.name} threads={torch.get_num_threads()} prompt={args.prompt_tokens} tokens "
-        f"new tokens={args.new_tokens} {'eager' if args.eager else 'torch.compile'} ({sys.platform})"
-    )
-    print("| run | " + " | ".join(SPEED_METRICS + MEMORY_METRICS) + " |")
-    print("|---" * (1 + len(SPEED_METRICS) + len(MEMORY_METRICS)) + "|")
-    for label, values in results.items():
-        cells = [
-            f"{values[m]:.1f} ({values[m] / best[m]:.2f}x best, {values[m] / bf16[m]:.2f}x BF16)"
-            for m in SPEED_METRICS
-        ]
-        cells += [f"{values[m]:.0f} ({values[m] / bf16[m]:.2f}x)" for m in MEMORY_METRICS]
-        print(f"| {label} | " + " | ".join(cells) + " |")
-    print("speed: ratio to the best of BF16/FP32 for that phase and to BF16; memory: ratio to BF16")
-    for label, values in results.items():
-        if label not in ("BF16", "FP32"):
-            print(f"{label}: {targets(label.removeprefix('ct-'), values, best, bf16)}")
+    print_report(results, model.name, args)
 
 
 if __name__ == "__main__":
