@@ -14,13 +14,12 @@ whole experts under expert parallelism; C8 attention: this rank's KV head's
 scales and offsets, cut from the checkpoint), and greedy generations match the
 pure-torch reference under the rules of ``test_schemes_e2e.py``
 (``e2e_compare``). The reference computes each quantized row-parallel layer
-(o_proj, down_proj, the experts' down_proj) as two ranks do: the sum of the
-layer's math on each K-slice (``ReferenceModel(tensor_parallel=2)``). For static
-and weight-only schemes that is the unsplit layer (exactly, up to float
-rounding: tp=2 matches what tp=1 matches); with dynamic per-token activations each
-rank's scale covers its own K-slice (as in vLLM Ascend, whose NPU kernels
-quantize each rank's local input), which is not the unsplit layer's rounding, so
-tp=2 and tp=1 tokens may differ there by design. What the split touches, by case:
+(o_proj, down_proj, the experts' down_proj) unsplit, as tp=1 does: the ranks'
+integer partial sums add up to the unsplit layer's (up to float rounding of each
+rank's epilogue). For static and weight-only schemes that holds by itself; the
+dynamic per-token schemes take each row's scale over the full row, the ranks'
+row maxima combined (``plugin/row_max_reduce.py``; vLLM Ascend's NPU kernels use
+each rank's own K-slice instead). What the split touches, by case:
 
 * static W8A8 (dense and experts): ``quant_bias`` folds ``−input_offset·Σ_k W_q``
   over the full K of o_proj/down_proj/w2, which run on K-slices; rank 0 adds it
@@ -238,16 +237,14 @@ def test_every_rank_runs_its_share(engine):
             torch.testing.assert_close(value_offset, expected, rtol=0, atol=0)
 
 
-_references: dict[tuple[str, bool, bool], ReferenceModel] = {}
+_references: dict[tuple[str, bool], ReferenceModel] = {}
 
 
 def tp_reference(folder: Path, case: Case) -> ReferenceModel:
-    """The pure-torch reference computing row-parallel layers as ``TP`` ranks do (K-slices, summed)."""
-    key = (str(folder), case.kv_consumer, case.expert_parallel)
+    """The unsplit (tp=1) pure-torch reference: the ranks' sum equals each unsplit layer."""
+    key = (str(folder), case.kv_consumer)
     if key not in _references:
-        _references[key] = ReferenceModel(
-            folder, kv_consumer=case.kv_consumer, tensor_parallel=TP, expert_parallel=case.expert_parallel
-        )
+        _references[key] = ReferenceModel(folder, kv_consumer=case.kv_consumer)
     return _references[key]
 
 

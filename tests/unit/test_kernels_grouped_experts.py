@@ -5,7 +5,12 @@ import torch
 from kernel_bounds import assert_within, routed_experts_expectation
 
 from vllm_modelslim.kernels import quantize_dynamic_per_token, scaled_int8_mm_reference
-from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, grouped_experts_reference, swiglu
+from vllm_modelslim.kernels.grouped_experts import (
+    grouped_experts_forward,
+    grouped_experts_reference,
+    grouped_experts_two_stage,
+    swiglu,
+)
 
 
 def make_experts(num_experts: int, hidden: int, seed: int = 0):
@@ -83,3 +88,70 @@ def test_swiglu_is_silu_of_gate_times_up_in_float32():
     gate, up = gate_up.float()[:, :4], gate_up.float()[:, 4:]
     want = (gate * torch.sigmoid(gate) * up).to(torch.bfloat16)
     assert torch.equal(swiglu(gate_up, torch.bfloat16), want)
+
+
+# --- two stages around one layer-wide exchange ------------------------------------------------
+
+
+class StagedExpert:
+    """A toy two-stage expert: ``first`` a float projection, ``second`` quantizes with given row maxima."""
+
+    def __init__(self, hidden: int, inter: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.up = torch.randn(inter, hidden, generator=g) * 0.2
+        self.down = torch.randint(-127, 128, (hidden, inter), generator=g, dtype=torch.int8)
+        self.scale = torch.rand(hidden, generator=g) * 1e-3 + 1e-4
+
+    def first(self, x):
+        return (x.float() @ self.up.T).to(x.dtype)
+
+    def second(self, hidden, row_max):
+        x_q, x_scale = quantize_dynamic_per_token(hidden, row_max_reduce=lambda local: row_max)
+        return scaled_int8_mm_reference(x_q, x_scale, self.down, self.scale).to(hidden.dtype)
+
+    def __call__(self, x):  # the one-stage expert: its own row maxima
+        return self.second(self.first(x), self.first(x).float().abs().amax(-1))
+
+
+def local_max_exchange(calls: list):
+    def exchange(hidden, slots, num_slots):
+        calls.append((hidden.shape[0], num_slots))
+        return hidden.float().abs().amax(-1)
+
+    return exchange
+
+
+@pytest.mark.parametrize("on_input", [False, True])
+def test_two_stage_with_local_maxima_equals_the_one_stage_forward(on_input):
+    experts = [StagedExpert(16, 24, seed) for seed in range(5)]
+    x = torch.randn(11, 16)
+    weights, ids = routing(11, 2, 5)
+    expert_map = torch.tensor([0, 1, 2, -1, 3, 4, -1])  # 7 global experts, 2 on other ranks
+    ids = torch.where(ids >= 3, ids + 1, ids)
+    calls = []
+    got = grouped_experts_two_stage(
+        x, weights, ids, experts, local_max_exchange(calls), expert_map, apply_router_weight_on_input=on_input
+    )
+    want = grouped_experts_forward(
+        x, weights, ids, experts, expert_map, apply_router_weight_on_input=on_input
+    )
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    assert len(calls) == 1 and calls[0][1] == 11 * 2  # one exchange for the layer, over T·k slots
+
+
+def test_two_stage_exchange_sees_every_routed_row_at_its_slot():
+    experts = [StagedExpert(8, 12, seed) for seed in range(4)]
+    x = torch.randn(5, 8)
+    weights, ids = routing(5, 2, 4)
+    seen = {}
+
+    def exchange(hidden, slots, num_slots):
+        for row, slot in zip(hidden, slots.tolist(), strict=True):
+            seen[slot] = row
+        return hidden.float().abs().amax(-1)
+
+    grouped_experts_two_stage(x, weights, ids, experts, exchange)
+    assert sorted(seen) == list(range(10))
+    for slot, row in seen.items():
+        token, j = divmod(slot, 2)
+        torch.testing.assert_close(row, experts[int(ids[token, j])].first(x[token : token + 1])[0])

@@ -1,4 +1,4 @@
-"""Tensor-parallel shares of static W8A8, on CPU without vLLM: the ranks' outputs sum to the unsplit layer.
+"""Tensor-parallel shares of static and dynamic W8A8 on CPU without vLLM: the ranks sum to the unsplit layer.
 
 A row-parallel layer (o_proj, down_proj, the experts' w2) runs on K-slices and
 vLLM sums the ranks' outputs. Static W8A8's int32 ``quant_bias`` folds
@@ -7,23 +7,29 @@ the sum exactly once (``schemes/linear/w8a8.rank_quant_bias``). These tests spli
 real scheme instances the way vLLM's loaders do (row-parallel: the weight's
 columns, every ``[N]`` vector whole; column-parallel: the rows and the ``[N]``
 vectors) and compare the sum with the unsplit layer and with the float64
-reference (``reference/quantized_linear.py``), with a non-zero activation offset;
-and they check the reference's own K-split (``k_parts``), the oracle of the tp=2
-engine tests.
+reference (``reference/quantized_linear.py``), with a non-zero activation offset.
+
+Dynamic per-token schemes take each row's scale over the full row under tensor
+parallelism: the plugin gives row-parallel layers a combine of the ranks' row
+maxima (``plugin/row_max_reduce.py``). The last test simulates two ranks with a
+gather of both ranks' maxima and finds the unsplit layer (and, without the
+combine, not).
 """
 
 from __future__ import annotations
+
+import threading
 
 import pytest
 import torch
 
 from vllm_modelslim.format.description import QuantDescription
-from vllm_modelslim.kernels.int4_packing import pack_int4_pairs
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 from vllm_modelslim.schemes.base import LayerContext
 from vllm_modelslim.schemes.linear.w8a8 import W8A8StaticLinearScheme, rank_quant_bias
+from vllm_modelslim.schemes.linear.w8a8_dynamic import W8A8DynamicLinearScheme
 from vllm_modelslim.schemes.moe.base import W2, W13, ExpertProjection, MoEContext
-from vllm_modelslim.schemes.moe.schemes import W8A8StaticMoEScheme
+from vllm_modelslim.schemes.moe.schemes import W8A8DynamicMoEScheme, W8A8StaticMoEScheme
 
 PREFIX = "model.layers.0.self_attn.o_proj"
 INPUT_SCALE, INPUT_OFFSET = 0.04, -9.0
@@ -177,47 +183,189 @@ def test_static_expert_split_over_ranks_sums_to_the_whole_expert():
     torch.testing.assert_close(torch.stack(outputs).sum(0), whole, rtol=1e-5, atol=1e-5)
 
 
-# --- the reference's K-split (the oracle of the tp=2 engine tests) ----------------------------
+# --- dynamic per-token scales over the full row ---------------------------------------------------
 
 
-def test_reference_k_split_of_static_w8a8_equals_the_whole_layer():
-    tensors = _static_tensors(16, 64, seed=5)
-    x = torch.randn(4, 64, generator=torch.Generator().manual_seed(4)).double()
-    whole = ReferenceQuantizedLinear("W8A8", tensors)(x)
-    split = ReferenceQuantizedLinear("W8A8", tensors, k_parts=2)(x)
-    torch.testing.assert_close(split, whole, rtol=1e-12, atol=1e-9)
+def _dynamic_tensors(n: int, k: int, seed: int) -> dict[str, torch.Tensor]:
+    """One W8A8_DYNAMIC shard: int8 weight, per-channel scale, zero offsets."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "weight": torch.randint(-127, 128, (n, k), generator=g, dtype=torch.int8),
+        "weight_scale": torch.rand(n, 1, generator=g) * 0.01 + 0.001,
+        "weight_offset": torch.zeros(n, 1),
+    }
 
 
-def test_reference_k_split_of_per_group_w4a16_slices_the_groups():
-    g = torch.Generator().manual_seed(6)
-    n, k, group = 8, 64, 16
-    values = torch.randint(-8, 8, (n, k), generator=g, dtype=torch.int8)
-    scale = torch.rand(n, k // group, generator=g) + 0.5
-    offset = torch.randint(-3, 4, (n, k // group), generator=g).float()
-    tensors = {"weight": pack_int4_pairs(values, dim=0), "weight_scale": scale, "weight_offset": offset}
-    x = torch.randn(3, k, generator=g).double()
-    dequantized = (
-        values.double() - offset.double().repeat_interleave(group, 1)
-    ) * scale.double().repeat_interleave(group, 1)
-    split = ReferenceQuantizedLinear("W4A16", tensors, k_parts=2)(x)
-    torch.testing.assert_close(split, x @ dequantized.T, rtol=1e-12, atol=1e-9)
+def _run_dynamic(tensors: dict[str, torch.Tensor], x: torch.Tensor, tp_rank: int, reduce) -> torch.Tensor:
+    """W8A8_DYNAMIC on one rank's tensors, with ``reduce`` as the layer's row-maximum combine."""
+    description = QuantDescription.from_mapping(
+        {f"{PREFIX}.weight": "W8A8_DYNAMIC"}, "quant_model_description.json"
+    )
+    scheme = W8A8DynamicLinearScheme(
+        LayerContext(PREFIX, "W8A8_DYNAMIC", (PREFIX,), description, row_parallel=True)
+    )
+    layer = ExpertProjection(
+        dict(tensors), [tensors["weight"].shape[0]], torch.float32, tp_rank=tp_rank, row_max_reduce=reduce
+    )
+    scheme.check_values(layer)
+    scheme.process_weights_after_loading(layer)
+    return scheme.apply(layer, x, None)
 
 
-def test_reference_k_split_of_dynamic_activations_quantizes_each_slice():
-    # Per-token scales over one rank's K-slice: the split differs from the whole layer, and equals
-    # the sum of the two halves computed as separate layers (what each rank's vLLM layer computes).
-    g = torch.Generator().manual_seed(8)
-    weight = torch.randint(-127, 128, (8, 64), generator=g, dtype=torch.int8)
-    tensors = {"weight": weight, "weight_scale": torch.rand(8, 1, generator=g) * 0.01 + 0.001}
-    x = torch.randn(3, 64, generator=g).double()
-    x[:, :32] *= 20  # one half dominates the per-token maximum
-    halves = [
-        ReferenceQuantizedLinear("W8A8_DYNAMIC", {**tensors, "weight": weight[:, r * 32 : (r + 1) * 32]})(
-            x[:, r * 32 : (r + 1) * 32]
-        )
-        for r in range(2)
+def _fake_gather_max(rank: int, all_local: list[torch.Tensor]):
+    """What ``plugin/row_max_reduce.tensor_parallel_row_max`` does across real ranks: gather every
+    rank's local maxima ``[T, 1]`` into ``[T, tp]`` (this rank's own value in its slot), then the maximum."""
+
+    def reduce(local: torch.Tensor) -> torch.Tensor:
+        columns = [local if r == rank else all_local[r] for r in range(len(all_local))]
+        return torch.cat([c.unsqueeze(-1) for c in columns], dim=-1).amax(dim=-1)
+
+    return reduce
+
+
+@pytest.mark.parametrize("combine", [True, False], ids=["full_row_max", "mutation_per_rank_max"])
+def test_row_parallel_dynamic_ranks_with_a_combined_row_max_equal_the_unsplit_layer(combine):
+    n, k, tp = 24, 96, 2
+    tensors = _dynamic_tensors(n, k, seed=3)
+    x = torch.randn(6, k, generator=torch.Generator().manual_seed(2))
+    x[:, : k // tp] *= 8.0  # the two halves' maxima differ: per-rank scales round differently
+    unsplit = _run_dynamic(tensors, x, tp_rank=0, reduce=None)
+    reference = ReferenceQuantizedLinear("W8A8_DYNAMIC", tensors)(x.double())
+    torch.testing.assert_close(unsplit.double(), reference, rtol=1e-5, atol=1e-5)
+
+    part = k // tp
+    slices = [x[:, r * part : (r + 1) * part] for r in range(tp)]
+    local = [s.float().abs().amax(dim=-1) for s in slices]
+    outputs = [
+        _run_dynamic(share, slices[r], tp_rank=r, reduce=_fake_gather_max(r, local) if combine else None)
+        for r, share in enumerate(_row_slices(tensors, k, tp))
     ]
-    split = ReferenceQuantizedLinear("W8A8_DYNAMIC", tensors, k_parts=2)(x)
-    torch.testing.assert_close(split, halves[0] + halves[1], rtol=1e-12, atol=1e-9)
-    whole = ReferenceQuantizedLinear("W8A8_DYNAMIC", tensors)(x)
-    assert float((split - whole).abs().max()) > 1e-3
+    total = sum(o.double() for o in outputs)
+    if combine:
+        # Same integers, same scales: only the float32 epilogue of each rank's partial sum differs.
+        torch.testing.assert_close(total, reference, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(total, unsplit.double(), rtol=1e-5, atol=1e-5)
+    else:
+        assert not torch.allclose(total, reference, rtol=1e-5, atol=1e-5)
+
+
+# --- dynamic experts: one combine of the row maxima per layer ------------------------------------
+
+
+class ThreadGather:
+    """Two "ranks" as threads: ``reduce(rank)`` gathers both ranks' maxima and takes the maximum (a
+    collective: each call waits for the other rank's), counting the calls."""
+
+    def __init__(self, ranks: int):
+        self.barrier = threading.Barrier(ranks, timeout=30)
+        self.slots: list[torch.Tensor | None] = [None] * ranks
+        self.calls = [0] * ranks
+
+    def reduce(self, rank: int):
+        def combine(local: torch.Tensor) -> torch.Tensor:
+            self.calls[rank] += 1
+            self.slots[rank] = local
+            self.barrier.wait()  # both ranks' maxima are in
+            combined = torch.stack(self.slots).amax(dim=0)
+            self.barrier.wait()  # both have read them
+            return combined
+
+        return combine
+
+
+def _dynamic_moe_layer(experts: list[tuple[dict, dict, dict]], hidden, inter, tp_rank, tp_size, reduce):
+    """A stand-in FusedMoE layer of W8A8_DYNAMIC experts, this rank's intermediate slice of each."""
+    prefix = "model.layers.0.mlp.experts"
+    entries = {
+        f"{prefix}.{e}.{p}.weight": "W8A8_DYNAMIC"
+        for e in range(len(experts))
+        for p in ("gate_proj", "up_proj", "down_proj")
+    }
+    context = MoEContext(
+        prefix=prefix,
+        quant_type="W8A8_DYNAMIC",
+        checkpoint_prefix=prefix,
+        projections=("gate_proj", "up_proj", "down_proj"),
+        num_experts=len(experts),
+        description=QuantDescription.from_mapping(entries, "quant_model_description.json"),
+    )
+    scheme = W8A8DynamicMoEScheme(context)
+    scheme.prepare_experts(list(range(len(experts))), tp_rank, tp_size, reduce)
+    part = inter // tp_size
+    rows = slice(tp_rank * part, (tp_rank + 1) * part)
+    layer = torch.nn.Module()
+    for name, shares in (
+        (W13, [{s: torch.cat([g[s][rows], u[s][rows]]) for s in g} for g, u, _ in experts]),
+        (W2, [{**d, "weight": d["weight"][:, rows]} for _, _, d in experts]),
+    ):
+        for suffix in shares[0]:
+            stacked = torch.stack([share[suffix] for share in shares])
+            setattr(layer, f"{name}_{suffix}", torch.nn.Parameter(stacked, requires_grad=False))
+    layer.modelslim_widths = {W13: [part, part], W2: [hidden]}
+    layer.modelslim_params_dtype = torch.float32
+    scheme.process_weights_after_loading(layer)
+    return scheme, layer
+
+
+def _run_ranks(experts, hidden, inter, x, weights, ids_per_rank, combine: bool):
+    """Both ranks' outputs (threads, concurrently) and the gather's call counts."""
+    gather = ThreadGather(2)
+    outputs: list[torch.Tensor | None] = [None, None]
+
+    def rank(r: int) -> None:
+        reduce = gather.reduce(r) if combine else None
+        scheme, layer = _dynamic_moe_layer(experts, hidden, inter, r, 2, reduce)
+        outputs[r] = scheme.apply(layer, x, weights, ids_per_rank[r])
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert all(o is not None for o in outputs), "a rank did not finish"
+    return outputs, gather.calls
+
+
+def _random_experts(num: int, hidden: int, inter: int):
+    return [
+        (
+            _dynamic_tensors(inter, hidden, 40 + e),
+            _dynamic_tensors(inter, hidden, 50 + e),
+            _dynamic_tensors(hidden, inter, 60 + e),
+        )
+        for e in range(num)
+    ]
+
+
+@pytest.mark.parametrize("combine", [True, False], ids=["full_row_max", "mutation_per_rank_max"])
+def test_dynamic_experts_split_over_ranks_with_one_combine_per_layer_equal_the_unsplit_layer(combine):
+    hidden, inter, num, tokens = 32, 48, 4, 9
+    experts = _random_experts(num, hidden, inter)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(tokens, hidden, generator=g)
+    ids = torch.stack([torch.randperm(num, generator=g)[:2] for _ in range(tokens)])
+    weights = torch.rand(tokens, 2, generator=g)
+    scheme, layer = _dynamic_moe_layer(experts, hidden, inter, 0, 1, None)
+    unsplit = scheme.apply(layer, x, weights, ids)
+    assert getattr(layer, "modelslim_row_exchange", None) is None  # tp=1: the one-stage path
+
+    outputs, calls = _run_ranks(experts, hidden, inter, x, weights, [ids, ids], combine)
+    total = outputs[0].double() + outputs[1].double()
+    if combine:
+        assert calls == [1, 1]  # one collective per layer on each rank, whatever the routing
+        torch.testing.assert_close(total, unsplit.double(), rtol=1e-5, atol=1e-5)
+    else:
+        assert not torch.allclose(total, unsplit.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_ranks_routing_different_rows_still_pair_up_their_one_combine():
+    # The per-expert combine of an earlier design deadlocked when the ranks' routing differed; the
+    # layer-wide exchange has T·k slots on every rank, so the collective always pairs up.
+    hidden, inter, num, tokens = 16, 32, 4, 5
+    experts = _random_experts(num, hidden, inter)
+    x = torch.randn(tokens, hidden)
+    ids = torch.tensor([[0, 1]] * tokens)
+    outputs, calls = _run_ranks(
+        experts, hidden, inter, x, torch.ones(tokens, 2), [ids, ids.flip(0) + 2], True
+    )
+    assert calls == [1, 1]

@@ -24,7 +24,13 @@ half-to-even rounding (the oracles for any fused or vectorised fast path).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+
+RowMaxReduce = Callable[[torch.Tensor], torch.Tensor]
+"""Combine of per-row maxima across tensor-parallel ranks: local ``max_k |x|`` float32 ``[...]`` → the
+maximum over every rank's part of the row, same shape (a collective; identical on every rank)."""
 
 INT8_MIN = -128
 INT8_MAX = 127
@@ -58,7 +64,7 @@ def quantize_static_per_tensor(
 
 
 def quantize_dynamic_per_token(
-    x: torch.Tensor, bits: int = 8, clip_ratio: float = 1.0
+    x: torch.Tensor, bits: int = 8, clip_ratio: float = 1.0, row_max_reduce: RowMaxReduce | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dynamic symmetric per-token quantization (W8A8_DYNAMIC, W4A8: 8 bits; W4A4: 4 bits).
 
@@ -66,6 +72,10 @@ def quantize_dynamic_per_token(
         x: activations ``[M, K]`` (or ``[..., K]``), any float dtype.
         bits: 8 or 4.
         clip_ratio: FlatQuant's clip ratio in (0, 1] (scale = clip·max|x|/qmax).
+        row_max_reduce: when ``x`` is one rank's K-slice of a row-parallel
+            layer, the combine of the ranks' row maxima, so that the scale is
+            that of the full row (spec §4.2: ``max`` over all K); None: ``x``
+            is the whole row.
 
     Returns:
         ``(q, s)``: ``q`` int8 of ``x``'s shape holding ``bits``-bit values, and
@@ -74,6 +84,8 @@ def quantize_dynamic_per_token(
     qmax, low, high = _dynamic_limits(bits)
     xf = x.float()
     row_max = xf.abs().amax(dim=-1)
+    if row_max_reduce is not None:
+        row_max = row_max_reduce(row_max)
     if clip_ratio != 1.0:
         scale = row_max * torch.tensor(clip_ratio / qmax, dtype=torch.float32, device=x.device)
     else:

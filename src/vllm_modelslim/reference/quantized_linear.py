@@ -111,14 +111,13 @@ class ReferenceQuantizedLinear(torch.nn.Module):
         tensors: the layer's checkpoint tensors by suffix (``weight``, ``weight_scale``, ...).
         bias: float bias ``[N]`` from the checkpoint, if any.
         kv_consumer: compute as a KV-consumer (decode) instance (W8A8_MIX static math).
-        k_parts: compute as a row-parallel layer split over this many tensor-parallel
-            ranks: the sum of each rank's math on its K-slice (:func:`k_part_tensors`),
-            so dynamic activation scales cover one rank's slice, as vLLM (and vLLM
-            Ascend's NPU kernels) compute them.
+
+    Under tensor parallelism the plugin's row-parallel layers add up to this
+    unsplit math (dynamic scales span all ranks' K-slices), so one reference
+    serves every tensor-parallel size.
 
     Raises:
-        NotImplementedError: no reference math for ``quant_type``, or a K-split of
-            a FlatQuant layer (its transform mixes all K features).
+        NotImplementedError: no reference math for ``quant_type``.
     """
 
     def __init__(
@@ -127,57 +126,18 @@ class ReferenceQuantizedLinear(torch.nn.Module):
         tensors: Tensors,
         bias: torch.Tensor | None = None,
         kv_consumer: bool = False,
-        k_parts: int = 1,
     ):
         super().__init__()
         table = KV_CONSUMER_MATH if kv_consumer else REFERENCE_LINEAR_MATH
         if quant_type not in table:
             raise NotImplementedError(f"no reference math for quant type {quant_type!r}")
-        if k_parts > 1 and quant_type == "W4A4_FLATQUANT_DYNAMIC":
-            raise NotImplementedError("a FlatQuant transform cannot be split along K")
         self.quant_type = quant_type
         self.math = table[quant_type]
         self.tensors = dict(tensors)
         self.ref_bias = bias
-        self.k_parts = k_parts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         leading = x.shape[:-1]
         x2d = x.reshape(-1, x.shape[-1])
-        if self.k_parts == 1:
-            y = self.math(x2d, self.tensors, self.ref_bias)
-        else:
-            width = x2d.shape[1] // self.k_parts
-            y = sum(
-                self.math(
-                    x2d[:, r * width : (r + 1) * width],
-                    k_part_tensors(self.tensors, r, self.k_parts),
-                    self.ref_bias if r == 0 else None,
-                )
-                for r in range(self.k_parts)
-            )
+        y = self.math(x2d, self.tensors, self.ref_bias)
         return y.to(x.dtype).reshape(*leading, -1)
-
-
-def k_part_tensors(tensors: Tensors, rank: int, parts: int) -> dict[str, torch.Tensor]:
-    """Rank ``rank``'s tensors of a layer whose K is split into ``parts`` (row parallelism).
-
-    The weight's K columns (``weight_packed``: its int32 words, and ``weight_shape``'s
-    K) and per-group tensors' K-groups are sliced; per-channel ``[N]``/``[N, 1]``
-    tensors stay whole; ``quant_bias`` (static W8A8) enters on rank 0 only, and the
-    unused W4A8 ``scale_bias`` is dropped.
-    """
-    part: dict[str, torch.Tensor] = {}
-    for suffix, tensor in tensors.items():
-        if suffix == "scale_bias":
-            continue
-        if suffix == "quant_bias" and rank > 0:
-            tensor = torch.zeros_like(tensor)
-        elif suffix == "weight_shape":
-            tensor = tensor.clone()
-            tensor[1] = tensor[1] // parts
-        elif tensor.dim() == 2 and tensor.shape[1] > 1:
-            width = tensor.shape[1] // parts
-            tensor = tensor[:, rank * width : (rank + 1) * width]
-        part[suffix] = tensor
-    return part

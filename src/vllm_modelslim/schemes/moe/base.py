@@ -37,8 +37,10 @@ import torch
 from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
-from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
+from vllm_modelslim.kernels.activation_quant import RowMaxReduce
+from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, grouped_experts_two_stage, swiglu
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme
+from vllm_modelslim.schemes.moe.row_max_exchange import PrecomputedRowMax, row_max_exchange
 
 W13, W2 = "w13", "w2"
 """vLLM's names of the fused gate/up and the down projection parameters."""
@@ -103,6 +105,7 @@ class ExpertProjection(torch.nn.Module):
         params_dtype: torch.dtype,
         tp_rank: int = 0,
         tp_size: int = 1,
+        row_max_reduce: RowMaxReduce | None = None,
     ):
         super().__init__()
         self._suffixes = list(tensors)
@@ -113,6 +116,8 @@ class ExpertProjection(torch.nn.Module):
         # The rank within the group whose partial w2 outputs vLLM sums (as on vLLM's linear layers):
         # terms that must enter the sum once (static W8A8's int32 quant_bias) are added on rank 0 only.
         self.tp_rank, self.tp_size = tp_rank, tp_size
+        # w2 under tensor parallelism: dynamic scales over the full row of all ranks (dynamic_forward).
+        self.modelslim_row_max_reduce = row_max_reduce
 
     def drop_checkpoint_tensors(self) -> None:
         """Forget the checkpoint slices (the kernel keeps what it needs)."""
@@ -136,8 +141,20 @@ class SwiGLUExpert(torch.nn.Module):
         self.w13, self.w2 = w13, w2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate_up = self.w13_scheme.apply(self.w13, x, None)
-        return self.w2_scheme.apply(self.w2, swiglu(gate_up, x.dtype), None)
+        return self.w2_scheme.apply(self.w2, self.first(x), None)
+
+    def first(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate/up and SwiGLU: ``[rows, H]`` → ``[rows, I]`` in ``x.dtype``."""
+        return swiglu(self.w13_scheme.apply(self.w13, x, None), x.dtype)
+
+    def second(self, hidden: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
+        """Down projection of ``hidden`` ``[rows, I]`` with the full rows' maxima ``row_max``.
+
+        ``row_max`` ``[rows]`` float32 is combined across tensor-parallel ranks;
+        the w2 quantizer's :class:`PrecomputedRowMax` hands it out.
+        """
+        self.w2.modelslim_row_max_reduce.pending = row_max
+        return self.w2_scheme.apply(self.w2, hidden, None)
 
 
 class MoEScheme:
@@ -157,6 +174,7 @@ class MoEScheme:
         self.w2 = self.projection_scheme(context.projection_context(0, W2))
         self._expert_schemes: list[tuple[LinearScheme, LinearScheme]] = []
         self._tp_rank, self._tp_size = 0, 1
+        self._row_max_reduce: RowMaxReduce | None = None
 
     def projection(self, name: str) -> LinearScheme:
         """Expert 0's scheme of projection ``name`` (``w13`` or ``w2``)."""
@@ -205,7 +223,13 @@ class MoEScheme:
         inter = intermediate_size_per_partition
         return {W13: (2 * inter, hidden_size, [inter, inter]), W2: (hidden_size, inter, [hidden_size])}
 
-    def prepare_experts(self, global_expert_ids: list[int], tp_rank: int = 0, tp_size: int = 1) -> None:
+    def prepare_experts(
+        self,
+        global_expert_ids: list[int],
+        tp_rank: int = 0,
+        tp_size: int = 1,
+        row_max_reduce: RowMaxReduce | None = None,
+    ) -> None:
         """Build the projection schemes of this rank's experts (global ids, in local order).
 
         Called while vLLM builds the model, so that every scheme is made under
@@ -217,8 +241,18 @@ class MoEScheme:
                 intermediate size (vLLM's MoE tensor-parallel rank; 0 under expert
                 parallelism, where every expert runs whole on one rank).
             tp_size: the number of those ranks.
+            row_max_reduce: when ``tp_size`` > 1 (pure tensor parallelism), the
+                combine of the ranks' row maxima: w2 projections with dynamic
+                per-token scales then take them over the full row, combined once per
+                layer (:mod:`~vllm_modelslim.schemes.moe.row_max_exchange`); None otherwise.
+
+        Raises:
+            ValueError: ``row_max_reduce`` with ``tp_size`` 1.
         """
+        if row_max_reduce is not None and tp_size == 1:
+            raise ValueError("a row-maximum combine needs experts split over more than one rank")
         self._tp_rank, self._tp_size = tp_rank, tp_size
+        self._row_max_reduce = row_max_reduce
         self._expert_schemes = [
             (
                 self.projection_scheme(self.context.projection_context(e, W13)),
@@ -232,6 +266,7 @@ class MoEScheme:
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         """Build each local expert's projection kernels, then free the stacked parameters."""
         experts = torch.nn.ModuleList()
+        exchanges = False
         stacked = {
             name: {
                 param_name.removeprefix(f"{name}_"): param.data
@@ -249,9 +284,15 @@ class MoEScheme:
                     layer.modelslim_params_dtype,
                     tp_rank=self._tp_rank,
                     tp_size=self._tp_size,
+                    row_max_reduce=PrecomputedRowMax() if name == W2 and self._row_max_reduce else None,
                 )
                 scheme.check_values(view)
                 scheme.process_weights_after_loading(view)
+                if view.modelslim_row_max_reduce is not None:
+                    # only dynamic quantizers take it (make_dynamic_quantizer); static/weight-only need none
+                    quantizer = getattr(view, "modelslim_act_quant", None)
+                    if getattr(quantizer, "row_max_reduce", None) is view.modelslim_row_max_reduce:
+                        exchanges = True
                 view.drop_checkpoint_tensors()
                 projections.append(view)
             experts.append(SwiGLUExpert(w13_scheme, projections[0], w2_scheme, projections[1]))
@@ -259,6 +300,7 @@ class MoEScheme:
             for suffix in stacked[name]:
                 delattr(layer, f"{name}_{suffix}")
         layer.modelslim_experts = experts
+        layer.modelslim_row_exchange = row_max_exchange(self._row_max_reduce) if exchanges else None
 
     # --- forward ------------------------------------------------------------------
 
@@ -269,12 +311,18 @@ class MoEScheme:
         topk_weights: torch.Tensor,
         topk_ids: torch.Tensor,
     ) -> torch.Tensor:
-        """Routed experts' weighted sum ``[T, H]`` for ``x`` ``[T, H]`` (routing done by vLLM)."""
-        return grouped_experts_forward(
-            x,
-            topk_weights,
-            topk_ids,
-            layer.modelslim_experts,
+        """Routed experts' weighted sum ``[T, H]`` for ``x`` ``[T, H]`` (routing done by vLLM).
+
+        With tensor-parallel dynamic w2 scales (``modelslim_row_exchange``) the
+        experts run in two stages around one combine of the rows' maxima.
+        """
+        options = dict(
             expert_map=getattr(layer, "expert_map", None),
             apply_router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
         )
+        exchange = getattr(layer, "modelslim_row_exchange", None)
+        if exchange is not None:
+            return grouped_experts_two_stage(
+                x, topk_weights, topk_ids, layer.modelslim_experts, exchange, **options
+            )
+        return grouped_experts_forward(x, topk_weights, topk_ids, layer.modelslim_experts, **options)
