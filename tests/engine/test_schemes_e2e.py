@@ -117,7 +117,7 @@ def describe_weight_copies(model: torch.nn.Module) -> list[tuple[str, list[bool]
 
     rows = []
     for name, module in model.named_modules():
-        kernels = [m for m in module.modules() if isinstance(m, QuantKernel)]
+        kernels = [m for m in module.modules() if isinstance(m, QuantKernel) and m.holds_weight]
         if hasattr(module, "modelslim_kernel") or hasattr(module, "modelslim_kernels"):
             stored = getattr(module, "weight", None)
             stored = getattr(module, "weight_packed", None) if stored is None else stored

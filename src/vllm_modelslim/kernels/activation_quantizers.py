@@ -62,6 +62,8 @@ class ActivationQuantKernel(QuantKernel):
     combine (``config.rank_row_max``).
     """
 
+    holds_weight = False
+
     def __init__(
         self,
         config: ActivationQuantConfig,

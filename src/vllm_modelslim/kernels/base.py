@@ -19,6 +19,9 @@ class QuantKernel(torch.nn.Module):
     device_types: ClassVar[frozenset[str] | None] = None
     """Device types the kernel is built for (None: any). Selection passes over a kernel built for
     other devices without listing it among the skipped ones (a CUDA kernel is not news on CPU)."""
+    holds_weight: ClassVar[bool] = True
+    """False for kernels that hold no weight (activation quantizers): they do not decide whether
+    the layer's checkpoint weight can be freed (:attr:`copies_weight`)."""
     copies_weight: ClassVar[bool] = False
     """True when the kernel keeps its own copy of the weight (e.g. a library's prepacked layout),
     so that the layer's checkpoint tensor can be freed after loading."""

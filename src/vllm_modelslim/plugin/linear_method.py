@@ -33,7 +33,7 @@ def free_checkpoint_weights(layer: torch.nn.Module) -> None:
     The scales and zero points (:data:`CHECKPOINT_SCALE_NAMES`) go too where
     every kernel also has ``copies_scales`` (int4pack keeps them in its own layout).
     """
-    kernels = [module for module in layer.modules() if isinstance(module, QuantKernel)]
+    kernels = [m for m in layer.modules() if isinstance(m, QuantKernel) and m.holds_weight]
     if kernels and all(kernel.copies_weight for kernel in kernels):
         names = CHECKPOINT_WEIGHT_NAMES
         if all(kernel.copies_scales for kernel in kernels):
