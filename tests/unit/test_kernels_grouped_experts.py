@@ -6,6 +6,7 @@ from kernel_bounds import assert_within, routed_experts_expectation
 
 from vllm_modelslim.kernels import quantize_dynamic_per_token, scaled_int8_mm_reference
 from vllm_modelslim.kernels.grouped_experts import (
+    _two_stage_dense,
     grouped_experts_forward,
     grouped_experts_reference,
     grouped_experts_two_stage,
@@ -137,6 +138,32 @@ def test_two_stage_with_local_maxima_equals_the_one_stage_forward(on_input):
     )
     torch.testing.assert_close(got, want, rtol=0, atol=0)
     assert len(calls) == 1 and calls[0][1] == 11 * 2  # one exchange for the layer, over T·k slots
+
+
+@pytest.mark.parametrize("on_input", [False, True])
+def test_two_stage_capturable_path_equals_the_grouped_one(on_input):
+    # The path taken while a CUDA graph is captured (every local expert on every row), run on CPU.
+    experts = [StagedExpert(16, 24, seed) for seed in range(4)]
+    x = torch.randn(9, 16)
+    weights, ids = routing(9, 2, 6)
+    expert_map = torch.tensor([0, -1, 1, 2, -1, 3])
+    calls = []
+    dense = _two_stage_dense(x, weights, ids, experts, local_max_exchange(calls), expert_map, on_input)
+    grouped = grouped_experts_two_stage(
+        x, weights, ids, experts, local_max_exchange([]), expert_map, apply_router_weight_on_input=on_input
+    )
+    torch.testing.assert_close(dense, grouped)
+    assert calls == [(4 * 9, 4 * 9)]  # one exchange over every (expert, token) slot
+
+
+def test_two_stage_exchange_runs_once_when_no_row_is_routed_here():
+    experts = [StagedExpert(8, 12, seed) for seed in range(2)]
+    x = torch.randn(3, 8)
+    weights, ids = routing(3, 2, 4)
+    calls = []
+    expert_map = torch.tensor([-1, -1, -1, -1, 0, 1])  # this rank's experts 4 and 5 get no token
+    out = grouped_experts_two_stage(x, weights, ids, experts, local_max_exchange(calls), expert_map)
+    assert calls == [(0, 3 * 2)] and torch.equal(out, torch.zeros_like(x))
 
 
 def test_two_stage_exchange_sees_every_routed_row_at_its_slot():

@@ -66,13 +66,22 @@ def _local_ids(topk_ids: torch.Tensor, expert_map: torch.Tensor | None) -> torch
     return ids if expert_map is None else expert_map.to(torch.long)[ids]
 
 
+def _weight_input(rows: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``w·x`` computed in ``weights.dtype``, rounded back to ``rows.dtype`` (router weight on the input)."""
+    return (rows.to(weights.dtype) * weights).to(rows.dtype)
+
+
+def _weight_output(y: torch.Tensor, weights: torch.Tensor, on_input: bool) -> torch.Tensor:
+    """The expert output ``y`` in ``weights.dtype``, times ``w`` unless the input carried it."""
+    y = y.to(weights.dtype)
+    return y if on_input else y * weights
+
+
 def _weighted_call(
     expert: ExpertForward, rows: torch.Tensor, weights: torch.Tensor, on_input: bool
 ) -> torch.Tensor:
     """``w·expert(x)`` in ``weights.dtype``, or ``expert(w·x)`` (input rounded back to ``rows.dtype``)."""
-    if on_input:
-        return expert((rows.to(weights.dtype) * weights).to(rows.dtype)).to(weights.dtype)
-    return expert(rows).to(weights.dtype) * weights
+    return _weight_output(expert(_weight_input(rows, weights) if on_input else rows), weights, on_input)
 
 
 def grouped_experts_forward(
@@ -172,22 +181,21 @@ def grouped_experts_two_stage(
         )
     tokens, k = topk_ids.shape
     routed = _route(topk_weights, topk_ids, len(experts), expert_map)
+    on_input = apply_router_weight_on_input
     hidden = []
     for expert, start, stop in routed.groups():
         rows = x[routed.rows[start:stop]]
-        if apply_router_weight_on_input:
-            rows = (rows.to(torch.float32) * routed.weights[start:stop, None]).to(x.dtype)
-        hidden.append(experts[expert].first(rows))
+        hidden.append(
+            experts[expert].first(_weight_input(rows, routed.weights[start:stop, None]) if on_input else rows)
+        )
+    # With no routed row here the exchange still runs (a collective pairs up across ranks).
+    row_data = exchange(torch.cat(hidden) if hidden else x.new_zeros(0, 1), routed.slots, tokens * k)
     out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
-    if not hidden:
-        exchange(x.new_zeros(0, 1), routed.slots, tokens * k)  # the collective still pairs up
-        return out.to(x.dtype)
-    row_data = exchange(torch.cat(hidden), routed.slots, tokens * k)
     for (expert, start, stop), expert_hidden in zip(routed.groups(), hidden, strict=True):
-        y = experts[expert].second(expert_hidden, row_data[start:stop]).to(torch.float32)
-        if not apply_router_weight_on_input:
-            y = y * routed.weights[start:stop, None]
-        out.index_add_(0, routed.rows[start:stop], y)
+        y = experts[expert].second(expert_hidden, row_data[start:stop])
+        out.index_add_(
+            0, routed.rows[start:stop], _weight_output(y, routed.weights[start:stop, None], on_input)
+        )
     return out.to(x.dtype)
 
 
@@ -200,8 +208,7 @@ def _two_stage_dense(x, topk_weights, topk_ids, experts, exchange, expert_map, a
     for expert_id, expert in enumerate(experts):
         picked = ids == expert_id  # [T, k]
         w = (weights * picked).sum(dim=1, keepdim=True)
-        rows = (x.to(torch.float32) * w).to(x.dtype) if apply_router_weight_on_input else x
-        hidden.append(expert.first(rows))
+        hidden.append(expert.first(_weight_input(x, w) if apply_router_weight_on_input else x))
         row_weights.append(w)
         chosen.append(picked.any(dim=1, keepdim=True))
     slots = torch.arange(len(experts) * tokens, device=x.device)
@@ -209,9 +216,9 @@ def _two_stage_dense(x, topk_weights, topk_ids, experts, exchange, expert_map, a
     out = torch.zeros(tokens, x.shape[-1], dtype=torch.float32, device=x.device)
     for expert_id, expert in enumerate(experts):
         share = row_data[expert_id * tokens : (expert_id + 1) * tokens]
-        y = expert.second(hidden[expert_id], share).to(torch.float32)
-        if not apply_router_weight_on_input:
-            y = y * row_weights[expert_id]
+        y = _weight_output(
+            expert.second(hidden[expert_id], share), row_weights[expert_id], apply_router_weight_on_input
+        )
         out += torch.where(chosen[expert_id], y, 0.0)
     return out.to(x.dtype)
 

@@ -170,18 +170,6 @@ class ModelSlimFusedMoEMethod(FusedMoEMethodBase):
             return torch.ops.vllm.modelslim_routed_experts(x, router_logits, input_ids, layer.layer_name)
         return _route_and_run(x, router_logits, input_ids, layer.layer_name)
 
-    def apply(
-        self,
-        layer: torch.nn.Module,
-        x: torch.Tensor,
-        topk_weights: torch.Tensor,
-        topk_ids: torch.Tensor,
-        shared_experts=None,
-        shared_experts_input: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """The modular entry (routing done by vLLM), for callers that route themselves."""
-        return self.scheme.apply(layer, x, topk_weights, topk_ids)
-
 
 def _route_and_run(
     x: torch.Tensor, router_logits: torch.Tensor, input_ids: torch.Tensor | None, layer_name: str
