@@ -16,6 +16,7 @@ import pytest
 import torch
 from kernel_bounds import assert_within, scaled_int8_mm_expectation
 
+from static_w8a8_layer import loaded_static_w8a8_layer
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.kernels import selection
 from vllm_modelslim.kernels.scaled_int8_mm import (
@@ -146,18 +147,7 @@ def test_centring_on_the_zero_point_keeps_large_accumulators_exact():
 
 def static_layer(weight, quant_bias, deq_scale, scales, offsets, widths, dtype, row_parallel=False, rank=0):
     """A (fused) W8A8 static layer as the plugin leaves it after loading, and its scheme."""
-    layer = torch.nn.Module()
-    params = {
-        "weight": weight,
-        "quant_bias": quant_bias,
-        "deq_scale": deq_scale,
-        "input_scale": torch.tensor(scales, dtype=torch.float32),
-        "input_offset": torch.tensor(offsets, dtype=torch.float32),
-    }
-    for name, value in params.items():
-        setattr(layer, name, torch.nn.Parameter(value, requires_grad=False))
-    layer.logical_widths = list(widths)
-    layer.modelslim_params_dtype = dtype
+    layer = loaded_static_w8a8_layer(weight, quant_bias, deq_scale, scales, offsets, widths, dtype)
     layer.tp_rank = rank
     shards = ("q", "k", "v")[: len(widths)]
     context = LayerContext(

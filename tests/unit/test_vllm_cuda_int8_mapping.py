@@ -23,6 +23,7 @@ from kernel_bounds import (
     static_quant_value,
 )
 
+from static_w8a8_layer import loaded_static_w8a8_layer
 from vllm_int8_emulation import EMULATED_OPS
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.kernels import (
@@ -241,7 +242,6 @@ def test_an_emulated_op_rejects_what_the_real_op_rejects():
 
 def fused_static_layer(dtype, offsets, scales, widths=(32, 16, 16), k=64):
     """A fused q/k/v W8A8 static layer as the plugin leaves it after loading (three shards)."""
-    layer = torch.nn.Module()
     n = sum(widths)
     w, w_q, s_w = int8_weight(n, k, seed=8)
     bias = torch.randn(n, generator=torch.Generator().manual_seed(9)) * 0.2
@@ -254,18 +254,8 @@ def fused_static_layer(dtype, offsets, scales, widths=(32, 16, 16), k=64):
         deq.append(d)
         quant_bias.append(qb)
         start += width
-    params = {
-        "weight": w_q,
-        "quant_bias": torch.cat(quant_bias),
-        "deq_scale": torch.cat(deq),
-        "input_scale": torch.tensor(scales, dtype=torch.float32),
-        "input_offset": torch.tensor(offsets, dtype=torch.float32),
-    }
-    for name, value in params.items():
-        setattr(layer, name, torch.nn.Parameter(value, requires_grad=False))
-    layer.logical_widths = list(widths)
-    layer.modelslim_params_dtype = dtype
-    return layer
+    quant_bias, deq = torch.cat(quant_bias), torch.cat(deq)
+    return loaded_static_w8a8_layer(w_q, quant_bias, deq, scales, offsets, widths, dtype)
 
 
 def scheme_reference(layer, x):
