@@ -96,7 +96,7 @@ def describe_layers(model: torch.nn.Module) -> dict[str, tuple[str, ...]]:
             table[name] = (type(module.quant_method).__name__, type(scheme).__name__, type(kernel).__name__)
         elif isinstance(module, RoutedExperts):
             method = module.quant_method
-            experts = len(getattr(module, "modelslim_experts", []))
+            experts = module.modelslim_local_experts
             quant_type = getattr(getattr(method, "scheme", None), "quant_type", "")
             table[module.layer_name] = (type(method).__name__, quant_type, str(experts))
     return table

@@ -81,7 +81,7 @@ def describe_glm_layers(model: torch.nn.Module) -> dict[str, dict]:
         scheme = getattr(method, "scheme", None)
         row = {"method": type(method).__name__, "quant_type": getattr(scheme, "quant_type", None)}
         if isinstance(module, RoutedExperts):
-            row["experts"] = len(getattr(module, "modelslim_experts", []))
+            row["experts"] = module.modelslim_local_experts
             table[module.layer_name] = row
         elif name.endswith((".mlp.gate", "_proj")) and not name.endswith(".attn"):
             row["weight_dtype"] = str(module.weight.dtype) if hasattr(module, "weight") else None

@@ -38,8 +38,11 @@ from e2e_compare import (
 )
 
 from model_folders import layer_count
+from vllm_modelslim.kernels.fused_int8_experts import VllmCpuFusedInt8Experts
 
 pytestmark = pytest.mark.engine
+
+FUSED_HERE = VllmCpuFusedInt8Experts.is_supported("cpu")[0]
 
 CHECKPOINTS = [
     # (recipe, experts' quant type, hand-made layout)
@@ -80,17 +83,21 @@ def describe_moe_layers(model: torch.nn.Module) -> dict[str, tuple[str, str | No
     from vllm.model_executor.layers.fused_moe import RoutedExperts
 
     table = {}
-    for module in model.modules():
+    for name, module in model.named_modules():
         if isinstance(module, RoutedExperts):
             method = module.quant_method
             scheme = getattr(method, "scheme", None)
             consumer = getattr(scheme and scheme.w13, "kv_consumer", None)
-            experts = len(getattr(module, "modelslim_experts", []))
+            fused = getattr(module, "modelslim_fused_experts", None)
+            experts = module.modelslim_local_experts
+            built = fused.num_experts if fused is not None else len(module.modelslim_experts)
+            assert experts == built, name
             table[module.layer_name] = (
                 type(method).__name__,
                 getattr(scheme, "quant_type", None),
                 consumer,
                 experts,
+                type(fused).__name__ if fused is not None else None,
             )
     return table
 
@@ -99,10 +106,18 @@ def test_every_moe_layer_runs_its_scheme(engine):
     case, folder, llm = engine
     (table,) = llm.apply_model(describe_moe_layers)
     assert sorted(table) == [f"model.layers.{i}.mlp.experts" for i in range(layer_count(folder))]
-    for name, (method, quant_type, consumer, experts) in table.items():
+    # bf16 experts computing dynamic int8 × per-channel int8 run vLLM-CPU's fused op where it runs
+    fused_expected = (
+        FUSED_HERE
+        and case.dtype == "bfloat16"
+        and case.quant_type in ("W8A8_DYNAMIC", "W4A8_DYNAMIC")
+        and "pergroup" not in case.recipe
+    )
+    for name, (method, quant_type, consumer, experts, fused) in table.items():
         assert method == "ModelSlimFusedMoEMethod", name
         assert quant_type == case.quant_type, name
         assert experts == 8, name
+        assert fused == ("VllmCpuFusedInt8Experts" if fused_expected else None), name
         if case.quant_type == "W8A8_MIX":
             assert consumer is case.kv_consumer, name
 

@@ -141,7 +141,7 @@ def describe_rank(model: torch.nn.Module) -> dict:
             scheme = getattr(module.quant_method, "scheme", None)
             moe[module.layer_name] = (
                 getattr(scheme, "quant_type", None),
-                len(getattr(module, "modelslim_experts", [])),
+                module.modelslim_local_experts,
                 config.tp_size,
                 config.ep_size,
             )

@@ -151,6 +151,16 @@ class LinearScheme(ABC):
     def apply(self, layer: torch.nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """``y = x·Wᵀ (+ bias)`` for ``x`` ``[..., K]``, returning ``[..., N]`` in ``x.dtype``."""
 
+    def dynamic_int8_channel_weight(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The layer's math as per-token dynamic int8 activations × a per-channel int8 weight, if it is that.
+
+        Schemes that compute ``y = s_x · s_w[n] · Σ_k x_q · W_q[n, k]`` (no bias
+        term, no offsets) return ``(W_q int8 [N, K], s_w float32 [N])`` from the
+        loaded (checked) tensors; MoE layers hand their experts' pairs to a fused
+        kernel (:mod:`vllm_modelslim.kernels.fused_int8_experts`). Default: None.
+        """
+        return None
+
     # Helpers for subclasses -------------------------------------------------
 
     def error_file(self, suffix: str) -> str:

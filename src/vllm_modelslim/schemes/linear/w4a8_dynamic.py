@@ -82,10 +82,17 @@ class W4A8DynamicLinearScheme(LinearScheme):
         )
         return tensors + (SECOND_WEIGHT_SCALE, SECOND_WEIGHT_OFFSET) if self.per_group else tensors
 
-    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+    def _int4_weight_and_channel_scale(self, layer: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        """int4 values one per int8 ``[N, K]`` and the per-channel scale ``[N]`` float32."""
         weight = layer.weight.data
         weight = unpack_int4_pairs(weight, dim=0) if self.packed else require_int4_values(self, weight)
-        scale = self.float_param(layer, "weight_scale").reshape(-1)
+        return weight, self.float_param(layer, "weight_scale").reshape(-1)
+
+    def dynamic_int8_channel_weight(self, layer):
+        return None if self.per_group else self._int4_weight_and_channel_scale(layer)
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        weight, scale = self._int4_weight_and_channel_scale(layer)
         if self.per_group:
             scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
         layer.modelslim_kernel = make_scaled_int8_mm(

@@ -34,9 +34,11 @@ class W8A8DynamicLinearScheme(LinearScheme):
     def checkpoint_tensors(self):
         return (INT8_WEIGHT, WEIGHT_SCALE, OPTIONAL_SYMMETRIC_WEIGHT_OFFSET)
 
+    def dynamic_int8_channel_weight(self, layer):
+        return layer.weight.data, self.float_param(layer, "weight_scale").reshape(-1)
+
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
-        weight = layer.weight.data
+        weight, weight_scale = self.dynamic_int8_channel_weight(layer)
         layer.modelslim_kernel = make_scaled_int8_mm(
             weight, weight_scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
         )

@@ -20,7 +20,9 @@ checks and its kernels; what it adds is the MoE part:
 * the forward: ``y = w2(swiglu(w13(x)))`` per expert, with per-expert
   activation quantization done by the projection scheme (spec §4.2: dynamic
   per-token int8 before each grouped GEMM), and the weighted combine of
-  :mod:`vllm_modelslim.kernels.grouped_experts`.
+  :mod:`vllm_modelslim.kernels.grouped_experts`; or, where every projection is
+  dynamic int8 × per-channel int8 and the platform has one, a single fused
+  kernel for the whole layer (:mod:`vllm_modelslim.kernels.fused_int8_experts`).
 
 The SwiGLU runs in float32 and is rounded to the activation dtype before the
 down projection quantizes it (on the NPU the fused swiglu-quant kernel
@@ -38,6 +40,11 @@ from vllm_modelslim.format.checkpoint import CheckpointIndex
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.format.tensor_spec import CheckpointTensor, ShapeSymbols, TensorRole
 from vllm_modelslim.kernels.activation_quant import RowMaxReduce
+from vllm_modelslim.kernels.fused_int8_experts import (
+    FusedInt8ExpertsConfig,
+    choose_fused_int8_experts,
+    make_fused_int8_experts,
+)
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, grouped_experts_two_stage, swiglu
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme
 from vllm_modelslim.schemes.moe.row_max_exchange import PrecomputedRowMax, row_max_exchange
@@ -264,9 +271,17 @@ class MoEScheme:
     # --- after loading ---------------------------------------------------------
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
-        """Build each local expert's projection kernels, then free the stacked parameters."""
-        experts = torch.nn.ModuleList()
-        exchanges = False
+        """Check every local expert's tensors, build the layer's kernels, then free the stacked parameters.
+
+        One fused kernel for the whole layer where the experts compute dynamic
+        int8 × per-channel int8 and a fused kernel fits this layer and platform
+        (:mod:`~vllm_modelslim.kernels.fused_int8_experts`); else each local
+        expert's projection kernels, built by its projection schemes.
+
+        Sets ``layer.modelslim_local_experts`` (count), ``modelslim_fused_experts``
+        (the fused kernel or None), ``modelslim_experts`` (per-expert modules or
+        None) and ``modelslim_row_exchange`` (the TP combine of the per-expert path or None).
+        """
         stacked = {
             name: {
                 param_name.removeprefix(f"{name}_"): param.data
@@ -275,9 +290,10 @@ class MoEScheme:
             }
             for name in (W13, W2)
         }
-        for local, (w13_scheme, w2_scheme) in enumerate(self._expert_schemes):
-            projections = []
-            for name, scheme in ((W13, w13_scheme), (W2, w2_scheme)):
+        views = []
+        for local, schemes in enumerate(self._expert_schemes):
+            pair = []
+            for name, scheme in zip((W13, W2), schemes, strict=True):
                 view = ExpertProjection(
                     {suffix: tensor[local] for suffix, tensor in stacked[name].items()},
                     list(layer.modelslim_widths[name]),
@@ -287,6 +303,53 @@ class MoEScheme:
                     row_max_reduce=PrecomputedRowMax() if name == W2 and self._row_max_reduce else None,
                 )
                 scheme.check_values(view)
+                pair.append(view)
+            views.append(pair)
+        layer.modelslim_local_experts = len(views)
+        layer.modelslim_fused_experts = self._fused_experts(layer, views)
+        layer.modelslim_experts = None
+        layer.modelslim_row_exchange = None
+        if layer.modelslim_fused_experts is None:
+            self._build_expert_kernels(layer, views)
+        for name in (W13, W2):
+            for suffix in stacked[name]:
+                delattr(layer, f"{name}_{suffix}")
+
+    def _fused_experts(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]):
+        """The layer's fused kernel; None (per-expert kernels) where the schemes or platform rule it out."""
+        if not views:
+            return None
+        pairs = [
+            [scheme.dynamic_int8_channel_weight(view) for scheme, view in zip(schemes, pair, strict=True)]
+            for schemes, pair in zip(self._expert_schemes, views, strict=True)
+        ]
+        if any(tensors is None for pair in pairs for tensors in pair):
+            return None
+        hidden, inter = views[0][1].logical_widths[0], views[0][0].logical_widths[0]
+        config = FusedInt8ExpertsConfig(
+            device_type=pairs[0][0][0].device.type,
+            activation_dtype=layer.modelslim_params_dtype,
+            hidden_size=hidden,
+            intermediate_size=inter,
+            expert_map=getattr(layer, "expert_map", None) is not None,
+            router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
+            row_exchange=self._row_max_reduce is not None,
+        )
+        kernel = choose_fused_int8_experts(config, label=self.quant_type)
+        if kernel is None:
+            return None
+        w13 = torch.stack([pair[0][0] for pair in pairs])
+        s13 = torch.stack([pair[0][1] for pair in pairs])
+        w2 = torch.stack([pair[1][0] for pair in pairs])
+        s2 = torch.stack([pair[1][1] for pair in pairs])
+        return make_fused_int8_experts(config, w13, s13, w2, s2, kernel=kernel)
+
+    def _build_expert_kernels(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]) -> None:
+        """Each local expert's projection kernels (``layer.modelslim_experts``) and the TP row exchange."""
+        experts = torch.nn.ModuleList()
+        exchanges = False
+        for (w13_scheme, w2_scheme), (w13, w2) in zip(self._expert_schemes, views, strict=True):
+            for scheme, view in ((w13_scheme, w13), (w2_scheme, w2)):
                 scheme.process_weights_after_loading(view)
                 if view.modelslim_row_max_reduce is not None:
                     # only dynamic quantizers take it (make_dynamic_quantizer); static/weight-only need none
@@ -294,11 +357,7 @@ class MoEScheme:
                     if getattr(quantizer, "row_max_reduce", None) is view.modelslim_row_max_reduce:
                         exchanges = True
                 view.drop_checkpoint_tensors()
-                projections.append(view)
-            experts.append(SwiGLUExpert(w13_scheme, projections[0], w2_scheme, projections[1]))
-        for name in (W13, W2):
-            for suffix in stacked[name]:
-                delattr(layer, f"{name}_{suffix}")
+            experts.append(SwiGLUExpert(w13_scheme, w13, w2_scheme, w2))
         layer.modelslim_experts = experts
         layer.modelslim_row_exchange = row_max_exchange(self._row_max_reduce) if exchanges else None
 
@@ -320,6 +379,9 @@ class MoEScheme:
             expert_map=getattr(layer, "expert_map", None),
             apply_router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
         )
+        fused = getattr(layer, "modelslim_fused_experts", None)
+        if fused is not None:
+            return fused(x, topk_weights, topk_ids)
         exchange = getattr(layer, "modelslim_row_exchange", None)
         if exchange is not None:
             return grouped_experts_two_stage(
