@@ -10,6 +10,9 @@ dispatch the MoE schemes use (``grouped_experts_forward``: rows sorted by
 expert, one call per active expert) and, for W8A8_DYNAMIC, the naive dispatch
 of one expert call per routed (token, slot), and prints milliseconds and the
 ratio to bf16 grouped, measured in the same run (> 1: faster than bf16).
+Where vLLM-CPU's fused int8 MoE op runs (AVX512-VNNI + AVX512-BF16), it also
+times W8A8_DYNAMIC through that one call per layer (``vllm_cpu_fused_moe_int8``,
+what bf16 MoE layers of dynamic int8 experts use).
 """
 
 from __future__ import annotations
@@ -26,6 +29,11 @@ from vllm_modelslim.kernels import (
     make_weight_only_int4,
     make_weight_only_int8,
     quantize_dynamic_per_token,
+)
+from vllm_modelslim.kernels.fused_int8_experts import (
+    FusedInt8ExpertsConfig,
+    VllmCpuFusedInt8Experts,
+    make_fused_int8_experts,
 )
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
 
@@ -65,6 +73,17 @@ def experts(
     return out
 
 
+def fused_int8_experts(num: int, hidden: int, intermediate: int):
+    """The fused W8A8_DYNAMIC layer (random int8 experts), or None where the op does not run."""
+    if not VllmCpuFusedInt8Experts.is_supported("cpu")[0]:
+        return None
+    config = FusedInt8ExpertsConfig("cpu", torch.bfloat16, hidden, intermediate)
+    w13 = torch.randint(-128, 128, (num, 2 * intermediate, hidden), dtype=torch.int8)
+    w2 = torch.randint(-128, 128, (num, hidden, intermediate), dtype=torch.int8)
+    scale = torch.rand(num, 2 * intermediate) * 1e-2 + 1e-3
+    return make_fused_int8_experts(config, w13, scale, w2, torch.rand(num, hidden) * 1e-2 + 1e-3)
+
+
 def per_slot(x, topk_weights, topk_ids, expert_fns):
     out = torch.zeros(x.shape, dtype=torch.float32)
     for t in range(x.shape[0]):
@@ -86,6 +105,7 @@ def main() -> None:
     torch.manual_seed(0)
     kinds = ["BF16", "W8A8_DYNAMIC", "W8A16", "W4A16", "W4A8_DYNAMIC"]
     layers = {kind: experts(kind, args.experts, args.hidden, args.intermediate) for kind in kinds}
+    fused = fused_int8_experts(args.experts, args.hidden, args.intermediate)
     print(
         f"threads={torch.get_num_threads()} H={args.hidden} I={args.intermediate} "
         f"E={args.experts} top-{args.top_k}; ms per MoE layer (ratio to BF16 grouped)"
@@ -102,6 +122,8 @@ def main() -> None:
         for kind in kinds:
             grouped = partial(grouped_experts_forward, *routed, layers[kind])
             rows.setdefault(f"{kind} grouped", []).append(median_ms(grouped))
+        if fused is not None:
+            rows.setdefault("W8A8_DYNAMIC fused (one call)", []).append(median_ms(partial(fused, *routed)))
         naive = partial(per_slot, *routed, layers["W8A8_DYNAMIC"])
         rows.setdefault("W8A8_DYNAMIC per (token, slot)", []).append(
             median_ms(naive) if tokens <= 64 else float("nan")

@@ -10,7 +10,7 @@ distance from that oracle, in bf16, on the same inputs.
 import pytest
 import torch
 
-from vllm_modelslim.format.description import QuantDescription
+from moe_test_context import moe_test_context
 from vllm_modelslim.kernels import quantize_dynamic_per_token, scaled_int8_mm_reference
 from vllm_modelslim.kernels.fused_int8_experts import (
     FusedInt8ExpertsConfig,
@@ -20,7 +20,7 @@ from vllm_modelslim.kernels.fused_int8_experts import (
 )
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
 from vllm_modelslim.kernels.selection import DISABLED_KERNELS_ENV
-from vllm_modelslim.schemes.moe.base import W2, W13, MoEContext
+from vllm_modelslim.schemes.moe.base import W2, W13
 from vllm_modelslim.schemes.moe.schemes import W8A8DynamicMoEScheme
 
 FUSED_HERE, WHY_NOT = VllmCpuFusedInt8Experts.is_supported("cpu")
@@ -164,20 +164,7 @@ def w8a8_dynamic_moe_layer(weights, dtype: torch.dtype):
     """A stand-in FusedMoE layer of W8A8_DYNAMIC experts (stacked parameters), loaded and processed."""
     w13, s13, w2, s2 = weights
     num, hidden, inter = w13.shape[0], w13.shape[2], w2.shape[2]
-    prefix = "model.layers.0.mlp.experts"
-    entries = {
-        f"{prefix}.{e}.{p}.weight": "W8A8_DYNAMIC"
-        for e in range(num)
-        for p in ("gate_proj", "up_proj", "down_proj")
-    }
-    context = MoEContext(
-        prefix=prefix,
-        quant_type="W8A8_DYNAMIC",
-        checkpoint_prefix=prefix,
-        projections=("gate_proj", "up_proj", "down_proj"),
-        num_experts=num,
-        description=QuantDescription.from_mapping(entries, "quant_model_description.json"),
-    )
+    context = moe_test_context("W8A8_DYNAMIC", num)
     scheme = W8A8DynamicMoEScheme(context)
     scheme.prepare_experts(list(range(num)))
     layer = torch.nn.Module()

@@ -23,12 +23,13 @@ import threading
 import pytest
 import torch
 
+from moe_test_context import moe_test_context
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.reference.quantized_linear import ReferenceQuantizedLinear
 from vllm_modelslim.schemes.base import LayerContext
 from vllm_modelslim.schemes.linear.w8a8 import W8A8StaticLinearScheme, rank_quant_bias
 from vllm_modelslim.schemes.linear.w8a8_dynamic import W8A8DynamicLinearScheme
-from vllm_modelslim.schemes.moe.base import W2, W13, ExpertProjection, MoEContext
+from vllm_modelslim.schemes.moe.base import W2, W13, ExpertProjection
 from vllm_modelslim.schemes.moe.schemes import W8A8DynamicMoEScheme, W8A8StaticMoEScheme
 
 PREFIX = "model.layers.0.self_attn.o_proj"
@@ -134,16 +135,7 @@ def _expert_layer(w13: dict, w2: dict, hidden: int, inter: int) -> torch.nn.Modu
 
 
 def _moe_expert(w13: dict, w2: dict, hidden: int, inter: int, tp_rank: int) -> torch.nn.Module:
-    prefix = "model.layers.0.mlp.experts"
-    entries = {f"{prefix}.0.{p}.weight": "W8A8" for p in ("gate_proj", "up_proj", "down_proj")}
-    context = MoEContext(
-        prefix=prefix,
-        quant_type="W8A8",
-        checkpoint_prefix=prefix,
-        projections=("gate_proj", "up_proj", "down_proj"),
-        num_experts=1,
-        description=QuantDescription.from_mapping(entries, "quant_model_description.json"),
-    )
+    context = moe_test_context("W8A8", 1)
     scheme = W8A8StaticMoEScheme(context)
     scheme.prepare_experts([0], tp_rank=tp_rank)
     layer = _expert_layer(w13, w2, hidden, inter)
@@ -275,20 +267,7 @@ class ThreadGather:
 
 def _dynamic_moe_layer(experts: list[tuple[dict, dict, dict]], hidden, inter, tp_rank, tp_size, reduce):
     """A stand-in FusedMoE layer of W8A8_DYNAMIC experts, this rank's intermediate slice of each."""
-    prefix = "model.layers.0.mlp.experts"
-    entries = {
-        f"{prefix}.{e}.{p}.weight": "W8A8_DYNAMIC"
-        for e in range(len(experts))
-        for p in ("gate_proj", "up_proj", "down_proj")
-    }
-    context = MoEContext(
-        prefix=prefix,
-        quant_type="W8A8_DYNAMIC",
-        checkpoint_prefix=prefix,
-        projections=("gate_proj", "up_proj", "down_proj"),
-        num_experts=len(experts),
-        description=QuantDescription.from_mapping(entries, "quant_model_description.json"),
-    )
+    context = moe_test_context("W8A8_DYNAMIC", len(experts))
     scheme = W8A8DynamicMoEScheme(context)
     scheme.prepare_experts(list(range(len(experts))), tp_rank, tp_size, reduce)
     part = inter // tp_size

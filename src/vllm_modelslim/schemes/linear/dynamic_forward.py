@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels import ScaledInt8MMKernel, quantize_dynamic_per_token
+from vllm_modelslim.kernels import ScaledInt8MMKernel, make_scaled_int8_mm, quantize_dynamic_per_token
 from vllm_modelslim.kernels.activation_quantizers import ActivationQuantKernel, make_activation_quant
+from vllm_modelslim.kernels.dynamic_int8_linear import DynamicInt8LinearKernel, make_dynamic_int8_linear
 from vllm_modelslim.schemes.base import apply_2d
 
 
@@ -35,8 +36,36 @@ def make_dynamic_quantizer(
     return make_activation_quant(device, bits=bits, label=label, row_max_reduce=reduce)
 
 
+def build_dynamic_int8_kernels(
+    layer: torch.nn.Module, weight: torch.Tensor, weight_scale: torch.Tensor, label: str
+) -> None:
+    """Set the layer's kernels for per-token int8 activations × a per-channel int8 weight.
+
+    One fused kernel (quantization and GEMM in one call,
+    :mod:`~vllm_modelslim.kernels.dynamic_int8_linear`) where one fits the layer
+    and platform: ``layer.modelslim_kernel`` is it and ``modelslim_act_quant``
+    None; else a scaled int8 GEMM and the layer's dynamic quantizer
+    (:func:`make_dynamic_quantizer`).
+
+    Args:
+        layer: the linear layer or expert projection (``modelslim_params_dtype``,
+            optional ``modelslim_row_max_reduce``).
+        weight: int8 (or int4-valued) ``[N, K]``.
+        weight_scale: float32 ``[N]``.
+        label: the scheme's quant type, for the kernel selection log lines.
+    """
+    dtype = layer.modelslim_params_dtype
+    row_max = getattr(layer, "modelslim_row_max_reduce", None) is not None
+    fused = make_dynamic_int8_linear(weight, weight_scale, dtype, rank_row_max=row_max, label=label)
+    if fused is not None:
+        layer.modelslim_kernel, layer.modelslim_act_quant = fused, None
+        return
+    layer.modelslim_kernel = make_scaled_int8_mm(weight, weight_scale, label=label, out_dtype=dtype)
+    layer.modelslim_act_quant = make_dynamic_quantizer(layer, weight.device, bits=8, label=label)
+
+
 def apply_dynamic(
-    kernel: ScaledInt8MMKernel,
+    kernel: ScaledInt8MMKernel | DynamicInt8LinearKernel,
     x: torch.Tensor,
     bias: torch.Tensor | None,
     bits: int = 8,
@@ -45,10 +74,13 @@ def apply_dynamic(
     """Quantize ``x`` ``[..., K]`` per token to ``bits``-bit integers and run ``kernel``.
 
     ``quantizer`` is the layer's chosen activation quantizer (``make_activation_quant``);
-    without one, the torch function ``quantize_dynamic_per_token``.
+    without one, the torch function ``quantize_dynamic_per_token``. A fused
+    :class:`DynamicInt8LinearKernel` quantizes by itself (int8).
 
     Returns ``[..., N]`` in ``x.dtype``.
     """
+    if isinstance(kernel, DynamicInt8LinearKernel):
+        return apply_2d(x, lambda x2d: kernel(x2d, bias))
 
     def forward(x2d: torch.Tensor) -> torch.Tensor:
         if quantizer is not None:

@@ -40,7 +40,11 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     WEIGHT_SCALE,
     scale_bias,
 )
-from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, make_dynamic_quantizer
+from vllm_modelslim.schemes.linear.dynamic_forward import (
+    apply_dynamic,
+    build_dynamic_int8_kernels,
+    make_dynamic_quantizer,
+)
 from vllm_modelslim.schemes.linear.symmetric import require_int4_values
 from vllm_modelslim.schemes.registry import register_scheme
 
@@ -93,8 +97,10 @@ class W4A8DynamicLinearScheme(LinearScheme):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight, scale = self._int4_weight_and_channel_scale(layer)
-        if self.per_group:
-            scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
+        if not self.per_group:
+            build_dynamic_int8_kernels(layer, weight, scale, self.quant_type)
+            return
+        scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
         layer.modelslim_kernel = make_scaled_int8_mm(
             weight, scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
         )

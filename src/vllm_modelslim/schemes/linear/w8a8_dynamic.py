@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.schemes.base import LinearScheme
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT8_WEIGHT,
     OPTIONAL_SYMMETRIC_WEIGHT_OFFSET,
     WEIGHT_SCALE,
 )
-from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, make_dynamic_quantizer
+from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, build_dynamic_int8_kernels
 from vllm_modelslim.schemes.registry import register_scheme
 
 
@@ -39,12 +38,7 @@ class W8A8DynamicLinearScheme(LinearScheme):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight, weight_scale = self.dynamic_int8_channel_weight(layer)
-        layer.modelslim_kernel = make_scaled_int8_mm(
-            weight, weight_scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
-        )
-        layer.modelslim_act_quant = make_dynamic_quantizer(
-            layer, weight.device, bits=8, label=self.quant_type
-        )
+        build_dynamic_int8_kernels(layer, weight, weight_scale, self.quant_type)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias, quantizer=layer.modelslim_act_quant)
