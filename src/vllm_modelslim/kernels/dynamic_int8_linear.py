@@ -20,11 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from vllm_modelslim.kernels.base import QuantKernel, channel_vector, register_buffers
-from vllm_modelslim.kernels.platform import cpu_flags
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
-
-SGL_INT8_CPU_FLAGS = ("avx512_vnni", "avx512_bf16")
-"""x86 flags vLLM-CPU's int8 kernels ported from SGLang execute (VNNI dot products, bf16 conversions)."""
+from vllm_modelslim.kernels.vllm_cpu_sgl import VllmCpuSglInt8Mixin
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class DynamicInt8LinearKernel(QuantKernel):
     """``forward(x [M, K], bias [N] | None) -> [M, N]`` in ``x.dtype``."""
 
 
-class VllmCpuInt8ScaledMMWithQuant(DynamicInt8LinearKernel):
+class VllmCpuInt8ScaledMMWithQuant(VllmCpuSglInt8Mixin, DynamicInt8LinearKernel):
     """vLLM-CPU's ``int8_scaled_mm_with_quant`` (its SGLang port; bf16 activations, x86 AVX-512 VNNI).
 
     One call quantizes each row to unsigned int8 (``x·(127/max|x|) + 128``,
@@ -73,20 +70,7 @@ class VllmCpuInt8ScaledMMWithQuant(DynamicInt8LinearKernel):
     """
 
     name = "vllm_cpu_int8_mm_with_quant"
-    device_types = frozenset({"cpu"})
-    copies_weight = True
-    copies_scales = True
-
-    @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        if device_type != "cpu":
-            return False, "vLLM-CPU's int8_scaled_mm_with_quant is a CPU kernel"
-        missing = [flag for flag in SGL_INT8_CPU_FLAGS if flag not in cpu_flags()]
-        if missing:
-            return False, f"the op's AVX-512 code needs {', '.join(missing)}"
-        if vllm_sgl_int8_ops_missing():
-            return False, "vLLM-CPU with int8_scaled_mm_with_quant is not installed"
-        return True, None
+    sgl_ops = ("int8_scaled_mm_with_quant", "convert_weight_packed")
 
     @classmethod
     def can_implement(cls, config: DynamicInt8LinearConfig) -> tuple[bool, str | None]:
@@ -128,15 +112,6 @@ DYNAMIC_INT8_LINEAR_KERNELS: list[type[DynamicInt8LinearKernel]] = priority_list
     QuantizerAndGemm,
 )
 """Priority order; the two-kernel path always qualifies."""
-
-
-def vllm_sgl_int8_ops_missing() -> bool:
-    """True unless vLLM's ``int8_scaled_mm_with_quant`` and ``convert_weight_packed`` ops are loaded."""
-    try:
-        import vllm._custom_ops  # noqa: F401  (loads vLLM's compiled ops)
-    except ImportError:
-        return True
-    return not all(hasattr(torch.ops._C, op) for op in ("int8_scaled_mm_with_quant", "convert_weight_packed"))
 
 
 def make_dynamic_int8_linear(

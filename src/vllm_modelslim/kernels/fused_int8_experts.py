@@ -30,11 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from vllm_modelslim.kernels.base import QuantKernel, register_buffers
-from vllm_modelslim.kernels.platform import cpu_flags
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
-
-FUSED_MOE_CPU_FLAGS = ("avx512_vnni", "avx512_bf16")
-"""x86 flags vLLM-CPU's fused int8 MoE kernel executes (AVX-512 VNNI dot products, bf16 conversions)."""
+from vllm_modelslim.kernels.vllm_cpu_sgl import VllmCpuSglInt8Mixin
 
 
 @dataclass(frozen=True)
@@ -64,7 +61,7 @@ class FusedInt8ExpertsKernel(QuantKernel):
     """``forward(x [T, H], topk_weights [T, k], topk_ids [T, k]) -> [T, H]`` in ``x.dtype``."""
 
 
-class VllmCpuFusedInt8Experts(FusedInt8ExpertsKernel):
+class VllmCpuFusedInt8Experts(VllmCpuSglInt8Mixin, FusedInt8ExpertsKernel):
     """vLLM-CPU's ``fused_experts_cpu`` in its int8 W8A8 mode (bf16 activations, x86 AVX-512 VNNI).
 
     vLLM uses the op on AMX CPUs only; its int8 path runs VNNI dot products
@@ -90,21 +87,7 @@ class VllmCpuFusedInt8Experts(FusedInt8ExpertsKernel):
     """
 
     name = "vllm_cpu_fused_moe_int8"
-    device_types = frozenset({"cpu"})
-    copies_weight = True
-    copies_scales = True
-
-    @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        if device_type != "cpu":
-            return False, "vLLM's fused int8 MoE op is a CPU kernel"
-        missing = [flag for flag in FUSED_MOE_CPU_FLAGS if flag not in cpu_flags()]
-        if missing:
-            return False, f"the op's AVX-512 code needs {', '.join(missing)}"
-        ops = _vllm_cpu_moe_ops()
-        if ops is None:
-            return False, "vLLM-CPU with fused_experts_cpu is not installed"
-        return True, None
+    sgl_ops = ("fused_experts_cpu", "convert_weight_packed")
 
     @classmethod
     def can_implement(cls, config: FusedInt8ExpertsConfig) -> tuple[bool, str | None]:
@@ -130,7 +113,9 @@ class VllmCpuFusedInt8Experts(FusedInt8ExpertsKernel):
     ):
         super().__init__()
         self.config = config
-        self._ops = _vllm_cpu_moe_ops()
+        from vllm import _custom_ops as ops
+
+        self._ops = ops
         pack = torch.ops._C.convert_weight_packed
         register_buffers(
             self,
@@ -183,16 +168,6 @@ FUSED_INT8_EXPERTS_KERNELS: list[type[FusedInt8ExpertsKernel]] = priority_list(
     PerExpertKernels,
 )
 """Priority order; the per-expert path always qualifies."""
-
-
-def _vllm_cpu_moe_ops():
-    """``vllm._custom_ops`` when it has ``fused_experts_cpu`` and ``convert_weight_packed``, else None."""
-    try:
-        from vllm import _custom_ops as ops
-    except ImportError:
-        return None
-    have = hasattr(torch.ops._C, "fused_experts_cpu") and hasattr(torch.ops._C, "convert_weight_packed")
-    return ops if have and hasattr(ops, "CPUQuantMethod") else None
 
 
 def choose_fused_int8_experts(
