@@ -319,15 +319,18 @@ class MoEScheme:
         """The layer's fused kernel; None (per-expert kernels) where the schemes or platform rule it out."""
         if not views:
             return None
-        pairs = [
-            [scheme.dynamic_int8_channel_weight(view) for scheme, view in zip(schemes, pair, strict=True)]
-            for schemes, pair in zip(self._expert_schemes, views, strict=True)
-        ]
-        if any(tensors is None for pair in pairs for tensors in pair):
+
+        def channel_weights(local: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+            pairs = zip(self._expert_schemes[local], views[local], strict=True)
+            return [scheme.dynamic_int8_channel_weight(view) for scheme, view in pairs]
+
+        # Expert 0 decides (every expert has its layout, checked): the rest are unpacked only if fused.
+        first = channel_weights(0)
+        if any(tensors is None for tensors in first):
             return None
         hidden, inter = views[0][1].logical_widths[0], views[0][0].logical_widths[0]
         config = FusedInt8ExpertsConfig(
-            device_type=pairs[0][0][0].device.type,
+            device_type=first[0][0].device.type,
             activation_dtype=layer.modelslim_params_dtype,
             hidden_size=hidden,
             intermediate_size=inter,
@@ -338,6 +341,7 @@ class MoEScheme:
         kernel = choose_fused_int8_experts(config, label=self.quant_type)
         if kernel is None:
             return None
+        pairs = [first] + [channel_weights(local) for local in range(1, len(views))]
         w13 = torch.stack([pair[0][0] for pair in pairs])
         s13 = torch.stack([pair[0][1] for pair in pairs])
         w2 = torch.stack([pair[1][0] for pair in pairs])
@@ -375,13 +379,13 @@ class MoEScheme:
         With tensor-parallel dynamic w2 scales (``modelslim_row_exchange``) the
         experts run in two stages around one combine of the rows' maxima.
         """
+        fused = getattr(layer, "modelslim_fused_experts", None)
+        if fused is not None:
+            return fused(x, topk_weights, topk_ids)
         options = dict(
             expert_map=getattr(layer, "expert_map", None),
             apply_router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
         )
-        fused = getattr(layer, "modelslim_fused_experts", None)
-        if fused is not None:
-            return fused(x, topk_weights, topk_ids)
         exchange = getattr(layer, "modelslim_row_exchange", None)
         if exchange is not None:
             return grouped_experts_two_stage(
