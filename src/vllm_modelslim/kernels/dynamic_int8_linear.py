@@ -74,10 +74,10 @@ class VllmCpuInt8ScaledMMWithQuant(VllmCpuSglInt8Mixin, DynamicInt8LinearKernel)
 
     @classmethod
     def can_implement(cls, config: DynamicInt8LinearConfig) -> tuple[bool, str | None]:
-        if config.activation_dtype != torch.bfloat16:
-            return False, f"bf16 activations only, not {config.activation_dtype}"
-        if config.in_features % 32 or config.out_features % 32:
-            return False, "K and N must be multiples of 32"
+        sizes = (config.in_features, config.out_features)
+        reason = cls.sgl_input_reason(config.activation_dtype, "K and N", *sizes)
+        if reason:
+            return False, reason
         if config.rank_row_max:
             return False, "no per-token scales across tensor-parallel ranks"
         return True, None

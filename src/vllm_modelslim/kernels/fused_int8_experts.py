@@ -91,10 +91,10 @@ class VllmCpuFusedInt8Experts(VllmCpuSglInt8Mixin, FusedInt8ExpertsKernel):
 
     @classmethod
     def can_implement(cls, config: FusedInt8ExpertsConfig) -> tuple[bool, str | None]:
-        if config.activation_dtype != torch.bfloat16:
-            return False, f"bf16 activations only, not {config.activation_dtype}"
-        if config.hidden_size % 32 or config.intermediate_size % 32:
-            return False, "hidden and intermediate sizes must be multiples of 32"
+        sizes = (config.hidden_size, config.intermediate_size)
+        reason = cls.sgl_input_reason(config.activation_dtype, "hidden and intermediate sizes", *sizes)
+        if reason:
+            return False, reason
         if config.expert_map:
             return False, "no expert parallelism"
         if config.router_weight_on_input:

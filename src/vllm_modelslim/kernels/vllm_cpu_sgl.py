@@ -54,3 +54,15 @@ class VllmCpuSglInt8Mixin:
         """Whether the ops run on ``device_type`` on this host (see the module docstring)."""
         reason = sgl_int8_unsupported_reason(device_type, cls.sgl_ops)
         return reason is None, reason
+
+    @staticmethod
+    def sgl_input_reason(activation_dtype: torch.dtype, sizes: str, *dims: int) -> str | None:
+        """Why the ops cannot take these activations or sizes (bf16 only; ``dims`` multiples of 32), or None.
+
+        ``sizes`` names the dims in the message.
+        """
+        if activation_dtype != torch.bfloat16:
+            return f"bf16 activations only, not {activation_dtype}"
+        if any(dim % 32 for dim in dims):
+            return f"{sizes} must be multiples of 32"
+        return None

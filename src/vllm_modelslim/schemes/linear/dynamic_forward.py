@@ -36,32 +36,35 @@ def make_dynamic_quantizer(
     return make_activation_quant(device, bits=bits, label=label, row_max_reduce=reduce)
 
 
-def build_dynamic_int8_kernels(
-    layer: torch.nn.Module, weight: torch.Tensor, weight_scale: torch.Tensor, label: str
+def build_dynamic_kernels(
+    layer: torch.nn.Module, weight: torch.Tensor, weight_scale: torch.Tensor, label: str, bits: int = 8
 ) -> None:
-    """Set the layer's kernels for per-token int8 activations × a per-channel int8 weight.
+    """Set the layer's kernels for per-token ``bits``-bit activations × an int8 (or int4-valued) weight.
 
-    One fused kernel (quantization and GEMM in one call,
+    With int8 activations and per-channel scales, one fused kernel
+    (quantization and GEMM in one call,
     :mod:`~vllm_modelslim.kernels.dynamic_int8_linear`) where one fits the layer
     and platform: ``layer.modelslim_kernel`` is it and ``modelslim_act_quant``
-    None; else a scaled int8 GEMM and the layer's dynamic quantizer
+    None. Otherwise a scaled int8 GEMM and the layer's dynamic quantizer
     (:func:`make_dynamic_quantizer`).
 
     Args:
         layer: the linear layer or expert projection (``modelslim_params_dtype``,
             optional ``modelslim_row_max_reduce``).
         weight: int8 (or int4-valued) ``[N, K]``.
-        weight_scale: float32 ``[N]``.
+        weight_scale: float32 per channel ``[N]`` or per channel and K-group ``[N, G]``.
         label: the scheme's quant type, for the kernel selection log lines.
+        bits: activation bits, 8 or 4.
     """
     dtype = layer.modelslim_params_dtype
-    row_max = getattr(layer, "modelslim_row_max_reduce", None) is not None
-    fused = make_dynamic_int8_linear(weight, weight_scale, dtype, rank_row_max=row_max, label=label)
-    if fused is not None:
-        layer.modelslim_kernel, layer.modelslim_act_quant = fused, None
-        return
+    if bits == 8 and weight_scale.dim() == 1:
+        row_max = getattr(layer, "modelslim_row_max_reduce", None) is not None
+        fused = make_dynamic_int8_linear(weight, weight_scale, dtype, rank_row_max=row_max, label=label)
+        if fused is not None:
+            layer.modelslim_kernel, layer.modelslim_act_quant = fused, None
+            return
     layer.modelslim_kernel = make_scaled_int8_mm(weight, weight_scale, label=label, out_dtype=dtype)
-    layer.modelslim_act_quant = make_dynamic_quantizer(layer, weight.device, bits=8, label=label)
+    layer.modelslim_act_quant = make_dynamic_quantizer(layer, weight.device, bits=bits, label=label)
 
 
 def apply_dynamic(

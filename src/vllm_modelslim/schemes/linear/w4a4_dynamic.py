@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.schemes.base import LinearScheme
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     INT4_IN_INT8_WEIGHT,
     SYMMETRIC_WEIGHT_OFFSET,
     WEIGHT_SCALE,
 )
-from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, make_dynamic_quantizer
+from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, build_dynamic_kernels
 from vllm_modelslim.schemes.linear.symmetric import require_int4_values
 from vllm_modelslim.schemes.registry import register_scheme
 
@@ -41,12 +40,7 @@ class W4A4DynamicLinearScheme(LinearScheme):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = require_int4_values(self, layer.weight.data)
         scale = self.float_param(layer, "weight_scale").reshape(-1)
-        layer.modelslim_kernel = make_scaled_int8_mm(
-            weight, scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
-        )
-        layer.modelslim_act_quant = make_dynamic_quantizer(
-            layer, weight.device, bits=ACTIVATION_BITS, label=self.quant_type
-        )
+        build_dynamic_kernels(layer, weight, scale, self.quant_type, bits=ACTIVATION_BITS)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(

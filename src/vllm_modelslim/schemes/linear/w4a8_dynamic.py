@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels import make_scaled_int8_mm
 from vllm_modelslim.kernels.int4_packing import unpack_int4_pairs
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme, infer_group_size
 from vllm_modelslim.schemes.linear.checkpoint_tensors import (
@@ -40,11 +39,7 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     WEIGHT_SCALE,
     scale_bias,
 )
-from vllm_modelslim.schemes.linear.dynamic_forward import (
-    apply_dynamic,
-    build_dynamic_int8_kernels,
-    make_dynamic_quantizer,
-)
+from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, build_dynamic_kernels
 from vllm_modelslim.schemes.linear.symmetric import require_int4_values
 from vllm_modelslim.schemes.registry import register_scheme
 
@@ -97,16 +92,9 @@ class W4A8DynamicLinearScheme(LinearScheme):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight, scale = self._int4_weight_and_channel_scale(layer)
-        if not self.per_group:
-            build_dynamic_int8_kernels(layer, weight, scale, self.quant_type)
-            return
-        scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
-        layer.modelslim_kernel = make_scaled_int8_mm(
-            weight, scale, label=self.quant_type, out_dtype=layer.modelslim_params_dtype
-        )
-        layer.modelslim_act_quant = make_dynamic_quantizer(
-            layer, weight.device, bits=8, label=self.quant_type
-        )
+        if self.per_group:
+            scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
+        build_dynamic_kernels(layer, weight, scale, self.quant_type)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias, quantizer=layer.modelslim_act_quant)

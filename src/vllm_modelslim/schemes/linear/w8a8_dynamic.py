@@ -20,7 +20,7 @@ from vllm_modelslim.schemes.linear.checkpoint_tensors import (
     OPTIONAL_SYMMETRIC_WEIGHT_OFFSET,
     WEIGHT_SCALE,
 )
-from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, build_dynamic_int8_kernels
+from vllm_modelslim.schemes.linear.dynamic_forward import apply_dynamic, build_dynamic_kernels
 from vllm_modelslim.schemes.registry import register_scheme
 
 
@@ -38,7 +38,7 @@ class W8A8DynamicLinearScheme(LinearScheme):
 
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight, weight_scale = self.dynamic_int8_channel_weight(layer)
-        build_dynamic_int8_kernels(layer, weight, weight_scale, self.quant_type)
+        build_dynamic_kernels(layer, weight, weight_scale, self.quant_type)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias, quantizer=layer.modelslim_act_quant)
