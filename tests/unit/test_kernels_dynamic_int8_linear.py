@@ -134,3 +134,8 @@ def test_float32_w8a8_dynamic_layer_keeps_quantizer_and_gemm():
     scheme.process_weights_after_loading(layer)
     assert not isinstance(layer.modelslim_kernel, VllmCpuInt8ScaledMMWithQuant)
     assert layer.modelslim_act_quant is not None
+
+
+def test_scales_that_are_not_per_channel_are_refused():
+    with pytest.raises(ValueError, match="per-channel scales expected: 16 for 32 rows"):
+        make_dynamic_int8_linear(torch.ones(32, 64, dtype=torch.int8), torch.ones(16), torch.bfloat16)
