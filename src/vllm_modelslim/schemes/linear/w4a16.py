@@ -40,6 +40,7 @@ class W4A16LinearScheme(LinearScheme):
     """Weight-only int4 linear layer with per-group scales, ModelSlim or pack-quantized layout."""
 
     quant_type = "W4A16"
+    weight_bits = 4
 
     def __init__(self, context: LayerContext):
         super().__init__(context)

@@ -33,6 +33,7 @@ class W4A4DynamicLinearScheme(LinearScheme):
     """Per-token int4 × int4 linear layer."""
 
     quant_type = "W4A4_DYNAMIC"
+    weight_bits = 4
 
     def checkpoint_tensors(self):
         return (INT4_IN_INT8_WEIGHT, WEIGHT_SCALE, SYMMETRIC_WEIGHT_OFFSET)
@@ -40,7 +41,9 @@ class W4A4DynamicLinearScheme(LinearScheme):
     def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
         weight = require_int4_values(self, layer.weight.data)
         scale = self.float_param(layer, "weight_scale").reshape(-1)
-        build_dynamic_kernels(layer, weight, scale, self.quant_type, bits=ACTIVATION_BITS)
+        build_dynamic_kernels(
+            layer, weight, scale, self.quant_type, bits=ACTIVATION_BITS, weight_bits=self.weight_bits
+        )
 
     def apply(self, layer, x, bias):
         return apply_dynamic(

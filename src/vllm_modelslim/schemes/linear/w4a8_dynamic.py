@@ -49,6 +49,7 @@ class W4A8DynamicLinearScheme(LinearScheme):
     """Per-token int8 × int4 linear layer, per-channel or per-group weight scales."""
 
     quant_type = "W4A8_DYNAMIC"
+    weight_bits = 4
 
     def __init__(self, context: LayerContext):
         super().__init__(context)
@@ -94,7 +95,7 @@ class W4A8DynamicLinearScheme(LinearScheme):
         weight, scale = self._int4_weight_and_channel_scale(layer)
         if self.per_group:
             scale = scale.unsqueeze(1) * self.float_param(layer, "weight_scale_second")
-        build_dynamic_kernels(layer, weight, scale, self.quant_type)
+        build_dynamic_kernels(layer, weight, scale, self.quant_type, weight_bits=self.weight_bits)
 
     def apply(self, layer, x, bias):
         return apply_dynamic(layer.modelslim_kernel, x, bias, quantizer=layer.modelslim_act_quant)

@@ -337,6 +337,7 @@ class MoEScheme:
             expert_map=getattr(layer, "expert_map", None) is not None,
             router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
             row_exchange=self._row_max_reduce is not None,
+            weight_bits=max(scheme.weight_bits for scheme in self._expert_schemes[0]),
         )
         kernel = choose_fused_int8_experts(config, label=self.quant_type)
         if kernel is None:

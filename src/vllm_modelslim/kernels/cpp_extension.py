@@ -1,0 +1,68 @@
+"""Build (once, cached) and load the project's own C++ CPU kernels in ``kernels/csrc``.
+
+The sources ship with the package, register their ops with torch's dispatcher
+(``TORCH_LIBRARY``: called from C++, no Python frame per call) and are
+compiled on first use with torch's ``cpp_extension`` (a C++17 compiler and ninja are needed; ``ninja`` comes
+with the project's dependencies). The build goes to
+``$MODELSLIM_CACHE_DIR/torch_extensions/`` (default
+``~/.cache/vllm-modelslim``), keyed by Python, torch and the source's hash, so
+a later process loads it in milliseconds. A host that cannot build gets a
+reason, not an exception: the kernel that needs the extension reports itself
+unsupported and the selection moves on to the next kernel.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+CSRC = Path(__file__).parent / "csrc"
+CACHE_ENV = "MODELSLIM_CACHE_DIR"
+
+
+def extension_build_dir(source: Path) -> Path:
+    """Where ``source``'s build lives: one folder per Python, torch and source-hash."""
+    import torch
+
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vllm-modelslim")
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{digest}"
+    return root / "torch_extensions" / source.stem / tag
+
+
+@functools.cache
+def load_cpu_extension(source_name: str, flags: tuple[str, ...]) -> str | None:
+    """Build and load ``csrc/<source_name>``, whose ops register themselves with torch (``TORCH_LIBRARY``).
+
+    Args:
+        source_name: a file in ``kernels/csrc``.
+        flags: extra compiler flags (e.g. the ISA the source's intrinsics need).
+
+    Returns:
+        None once the library is loaded (its ops are then under ``torch.ops``),
+        or a one-line reason why the build or load failed. Cached per process.
+    """
+    source = CSRC / source_name
+    if not source.is_file():
+        return f"{source} is missing"
+    try:
+        from torch.utils.cpp_extension import load
+
+        build_dir = extension_build_dir(source)
+        build_dir.mkdir(parents=True, exist_ok=True)
+        load(
+            name=f"vllm_modelslim_{source.stem}",
+            sources=[str(source)],
+            extra_cflags=["-O3", "-fopenmp", "-ffp-contract=off", *flags],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+            is_python_module=False,
+            verbose=False,
+        )
+        return None
+    except Exception as error:  # noqa: BLE001  (a compiler/ninja/linker failure of any kind)
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        return f"could not build {source_name}: {first_line}"
