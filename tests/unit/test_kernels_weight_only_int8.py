@@ -4,6 +4,7 @@ from kernel_bounds import assert_within, weight_only_expectation
 
 from vllm_modelslim.kernels.weight_only import (
     WEIGHT_ONLY_INT8_KERNELS,
+    Avx512WeightOnlyInt8,
     DequantMatmulWeightOnly,
     Int8PackWeightOnlyInt8,
     ReferenceWeightOnly,
@@ -80,9 +81,13 @@ def test_selection():
     assert isinstance(
         make_weight_only_int8(w_q, torch.ones(16), None, torch.bfloat16), Int8PackWeightOnlyInt8
     )
-    assert isinstance(
-        make_weight_only_int8(w_q, torch.ones(16), None, torch.float32), DequantMatmulWeightOnly
-    )
+    avx512 = Avx512WeightOnlyInt8.is_supported("cpu")[0]
+    float32_kernel = Avx512WeightOnlyInt8 if avx512 else DequantMatmulWeightOnly
+    assert isinstance(make_weight_only_int8(w_q, torch.ones(16), None, torch.float32), float32_kernel)
+    if avx512:  # bf16: the AVX-512 op for few rows ahead of torch's int8pack op
+        assert isinstance(
+            make_weight_only_int8(w_q, torch.ones(16), None, torch.bfloat16), Avx512WeightOnlyInt8
+        )
     # An all-zero zero point is dropped (no correction term).
     assert make_weight_only_int8(w_q, torch.ones(16), torch.zeros(16), torch.bfloat16).zero_point is None
     assert ReferenceWeightOnly.can_implement(None)[0]

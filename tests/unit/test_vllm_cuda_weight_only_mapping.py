@@ -223,9 +223,10 @@ def test_can_implement_refusals(kernel, cfg, reason):
     assert not ok and reason in why
 
 
-def test_cpu_selection_passes_over_the_cuda_kernels(caplog):
+def test_cpu_selection_passes_over_the_cuda_kernels(caplog, monkeypatch):
     q, scale, _ = quantized_layer(64, 256, 256, 8, "none")
     caplog.set_level("INFO", logger="vllm_modelslim.kernels")
+    monkeypatch.setenv("VLLM_MODELSLIM_DISABLED_KERNELS", "cpu_int8_avx512")  # would take float32 here
     kernel = make_weight_only_int8(q, scale, None, torch.float32, label="mapping-test-int8")
     assert isinstance(kernel, DequantMatmulWeightOnly)
     assert VllmMacheteWeightOnly.is_supported("cpu") == (False, "Machete is a CUDA kernel")

@@ -17,10 +17,13 @@ import functools
 import hashlib
 import os
 import sys
+import threading
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 CSRC = Path(__file__).parent / "csrc"
 CACHE_ENV = "MODELSLIM_CACHE_DIR"
+_LOCK = threading.Lock()
 
 
 def extension_build_dir(source: Path) -> Path:
@@ -31,6 +34,35 @@ def extension_build_dir(source: Path) -> Path:
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
     tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{digest}"
     return root / "torch_extensions" / source.stem / tag
+
+
+def load_cpu_ops(
+    source_name: str, flags: tuple[str, ...], fakes: Mapping[str, Callable] | None = None
+) -> str | None:
+    """:func:`load_cpu_extension`, then (once, on success) the ops' fake implementations for torch.compile.
+
+    Thread-safe: layers may be built from several threads.
+
+    Args:
+        source_name: a file in ``kernels/csrc``.
+        flags: extra compiler flags.
+        fakes: ``"namespace::op"`` → its shape-only implementation (``torch.library.register_fake``).
+
+    Returns:
+        None once the ops are loaded, else the reason (cached per process and source).
+    """
+    with _LOCK:
+        reason = load_cpu_extension(source_name, flags)
+        if reason is None and source_name not in _FAKES_REGISTERED:
+            import torch
+
+            for op, fake in (fakes or {}).items():
+                torch.library.register_fake(op)(fake)
+            _FAKES_REGISTERED.add(source_name)
+        return reason
+
+
+_FAKES_REGISTERED: set[str] = set()
 
 
 @functools.cache

@@ -19,12 +19,9 @@ from Zen 4, every AMX CPU) and a C++ compiler for the first build.
 
 from __future__ import annotations
 
-import functools
-import threading
-
 import torch
 
-from vllm_modelslim.kernels.cpp_extension import load_cpu_extension
+from vllm_modelslim.kernels.cpp_extension import load_cpu_ops
 from vllm_modelslim.kernels.platform import cpu_flags
 
 SOURCE = "int4_vnni.cpp"
@@ -37,27 +34,14 @@ BLOCK_K = 8
 """Inputs per 64-byte weight block (two nibbles per byte, four inputs per VNNI lane)."""
 
 
-_LOAD_LOCK = threading.Lock()
-
-
 def extension_unavailable() -> str | None:
     """Why the compiled ops cannot be had (build or load failure), or None once they are registered.
 
     On success the ops' fake (shape-only) implementations are registered too,
-    so torch.compile can trace them. Built and loaded once per process
-    (thread-safe: layers may be built from several threads).
+    so torch.compile can trace them. Built and loaded once per process.
     """
-    with _LOAD_LOCK:
-        return _load_once()
-
-
-@functools.cache
-def _load_once() -> str | None:
-    reason = load_cpu_extension(SOURCE, COMPILER_FLAGS)
-    if reason is None:
-        torch.library.register_fake("vllm_modelslim::int4_vnni_linear")(_linear_fake)
-        torch.library.register_fake("vllm_modelslim::int4_vnni_moe")(_moe_fake)
-    return reason
+    fakes = {"vllm_modelslim::int4_vnni_linear": _linear_fake, "vllm_modelslim::int4_vnni_moe": _moe_fake}
+    return load_cpu_ops(SOURCE, COMPILER_FLAGS, fakes)
 
 
 def int4_vnni_isa_reason(device_type: str) -> str | None:

@@ -3,7 +3,8 @@
 One family: int8 weights with per-channel scales are the one-group case of
 grouped scales (``g = K``), so the portable and reference kernels serve both
 widths. The torch CPU ops keep their own kernels, as their layouts differ:
-``aten._weight_int8pack_mm`` (int8, per-channel) heads the int8 list on CPU,
+the project's AVX-512 ``int8_weight_linear`` (few rows) and
+``aten._weight_int8pack_mm`` (int8, per-channel) head the int8 list on CPU,
 ``aten._weight_int4pack_mm_for_cpu`` (packed nibbles) the int4 list. On CUDA
 vLLM's Machete (sm90) and Marlin kernels come first in both (one class each,
 any width they support; see :mod:`vllm_modelslim.kernels.weight_only.vllm_gptq`).
@@ -16,6 +17,7 @@ from typing import Any
 import torch
 
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
+from vllm_modelslim.kernels.weight_only.avx512_int8 import Avx512WeightOnlyInt8
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel, zero_point_kind
 from vllm_modelslim.kernels.weight_only.cpu_int4pack import CpuInt4PackWeightOnlyInt4
 from vllm_modelslim.kernels.weight_only.dequant_matmul import DequantMatmulWeightOnly
@@ -31,6 +33,7 @@ from vllm_modelslim.kernels.weight_only.vllm_marlin import VllmMarlinWeightOnly
 WEIGHT_ONLY_INT8_KERNELS: list[type[WeightOnlyKernel]] = priority_list(
     VllmMacheteWeightOnly,
     VllmMarlinWeightOnly,
+    Avx512WeightOnlyInt8,
     Int8PackWeightOnlyInt8,
     DequantMatmulWeightOnly,
     ReferenceWeightOnly,
@@ -148,6 +151,7 @@ def make_weight_only_int4(
 
 __all__ = [
     "WEIGHT_ONLY_INT4_KERNELS",
+    "Avx512WeightOnlyInt8",
     "WEIGHT_ONLY_INT8_KERNELS",
     "CpuInt4PackWeightOnlyInt4",
     "DequantMatmulWeightOnly",
