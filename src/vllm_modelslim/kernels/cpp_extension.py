@@ -27,12 +27,15 @@ _LOCK = threading.Lock()
 
 
 def extension_build_dir(source: Path) -> Path:
-    """Where ``source``'s build lives: one folder per Python, torch and source-hash."""
+    """Where ``source``'s build lives: one folder per Python, torch and hash of the source and headers."""
     import torch
 
     root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vllm-modelslim")
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
-    tag = f"py{sys.version_info.major}{sys.version_info.minor}-torch{torch.__version__}-{digest}"
+    digest = hashlib.sha256(source.read_bytes())
+    for header in sorted(source.parent.glob("*.h")):  # the shared headers the sources include
+        digest.update(header.read_bytes())
+    python = f"py{sys.version_info.major}{sys.version_info.minor}"
+    tag = f"{python}-torch{torch.__version__}-{digest.hexdigest()[:12]}"
     return root / "torch_extensions" / source.stem / tag
 
 
@@ -96,5 +99,6 @@ def load_cpu_extension(source_name: str, flags: tuple[str, ...]) -> str | None:
         )
         return None
     except Exception as error:  # noqa: BLE001  (a compiler/ninja/linker failure of any kind)
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        return f"could not build {source_name}: {first_line}"
+        lines = str(error).strip().splitlines() or [type(error).__name__]
+        compiler_error = next((line for line in lines if "error:" in line), lines[0])
+        return f"could not build {source_name}: {compiler_error.strip()}"

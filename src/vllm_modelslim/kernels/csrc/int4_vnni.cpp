@@ -26,6 +26,8 @@
 #include <cstring>
 #include <vector>
 
+#include "avx512_vectors.h"
+
 namespace {
 
 constexpr int64_t kTileN = 16;   // output channels per tile: one zmm of int32 sums
@@ -34,25 +36,8 @@ constexpr int64_t kBlockBytes = 64;
 constexpr int kMaxRows = 8;      // activation rows per register block
 constexpr int64_t kPrefetchBlocks = 16;  // weight blocks (1 KiB) the loop prefetches ahead
 
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-
-inline __m512 load16(const at::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
-
-inline void store16(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
-
-// float32 -> bf16, round to nearest even (torch's conversion); NaN stays a quiet NaN.
-inline void store16(at::BFloat16* p, __m512 v) {
-  __m512i bits = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  bits = _mm512_add_epi32(bits, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
-  __m512i half = _mm512_srli_epi32(bits, 16);
-  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
-  half = _mm512_mask_mov_epi32(half, nan, _mm512_set1_epi32(0x7FC0));
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(half));
-}
+using vllm_modelslim::load16;
+using vllm_modelslim::store16;
 
 // One row: s = max|x| / qmax (1 for a zero row), x_q = clamp(round_half_even(x / s), -qmax-1, qmax).
 template <typename T>

@@ -17,17 +17,14 @@
 #include <cstdint>
 #include <vector>
 
+#include "avx512_vectors.h"
+
 namespace {
 
 constexpr int kChannels = 4;  // output channels per block
 constexpr int kMaxRows = 4;   // activation rows per register block
 
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
-
-inline __m512 load16(const at::BFloat16* p) {
-  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
-}
+using vllm_modelslim::load16;
 
 inline void store1(float* p, float v) { *p = v; }
 inline void store1(at::BFloat16* p, float v) { *p = at::BFloat16(v); }  // round to nearest even
