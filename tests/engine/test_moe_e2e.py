@@ -38,12 +38,13 @@ from e2e_compare import (
 )
 
 from model_folders import layer_count
-from vllm_modelslim.kernels.fused_int8_experts import Int4VnniFusedExperts, VllmCpuFusedInt8Experts
+from vllm_modelslim.kernels.cpu_int4_vnni import int4_vnni_unavailable
+from vllm_modelslim.kernels.fused_int8_experts import VllmCpuFusedInt8Experts
 
 pytestmark = pytest.mark.engine
 
 FUSED_HERE = VllmCpuFusedInt8Experts.is_supported("cpu")[0]
-INT4_FUSED_HERE = Int4VnniFusedExperts.is_supported("cpu")[0]
+INT4_FUSED_HERE = int4_vnni_unavailable() is None  # the ISA and the C++ build
 
 CHECKPOINTS = [
     # (recipe, experts' quant type, hand-made layout)

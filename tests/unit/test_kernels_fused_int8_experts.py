@@ -12,6 +12,7 @@ import torch
 
 from moe_test_context import moe_test_context
 from vllm_modelslim.kernels import quantize_dynamic_per_token, scaled_int8_mm_reference
+from vllm_modelslim.kernels.cpu_int4_vnni import int4_vnni_unavailable
 from vllm_modelslim.kernels.fused_int8_experts import (
     FusedInt8ExpertsConfig,
     Int4VnniFusedExperts,
@@ -26,7 +27,8 @@ from vllm_modelslim.schemes.moe.schemes import W8A8DynamicMoEScheme
 
 FUSED_HERE, WHY_NOT = VllmCpuFusedInt8Experts.is_supported("cpu")
 needs_fused = pytest.mark.skipif(not FUSED_HERE, reason=f"fused int8 MoE kernel: {WHY_NOT}")
-INT4_HERE, WHY_NOT_INT4 = Int4VnniFusedExperts.is_supported("cpu")
+WHY_NOT_INT4 = int4_vnni_unavailable()  # the ISA, then the C++ build
+INT4_HERE = WHY_NOT_INT4 is None
 needs_int4 = pytest.mark.skipif(not INT4_HERE, reason=f"int4 MoE kernel: {WHY_NOT_INT4}")
 
 

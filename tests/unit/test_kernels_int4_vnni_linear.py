@@ -16,7 +16,7 @@ import torch
 from vllm_modelslim.format.description import QuantDescription
 from vllm_modelslim.kernels import make_scaled_int8_mm, quantize_dynamic_per_token
 from vllm_modelslim.kernels.cpp_extension import load_cpu_extension
-from vllm_modelslim.kernels.cpu_int4_vnni import pack_int4_vnni
+from vllm_modelslim.kernels.cpu_int4_vnni import int4_vnni_unavailable, pack_int4_vnni
 from vllm_modelslim.kernels.dynamic_int8_linear import (
     DynamicInt8LinearConfig,
     Int4VnniLinear,
@@ -28,8 +28,9 @@ from vllm_modelslim.kernels.selection import DISABLED_KERNELS_ENV
 from vllm_modelslim.schemes.base import LayerContext
 from vllm_modelslim.schemes.linear.w4a4_dynamic import W4A4DynamicLinearScheme
 
-HERE, WHY_NOT = Int4VnniLinear.is_supported("cpu")
-needs_kernel = pytest.mark.skipif(not HERE, reason=f"cpu_int4_vnni: {WHY_NOT}")
+WHY_NOT = int4_vnni_unavailable()  # the ISA, then the C++ build (no compiler: skipped, with the reason)
+needs_kernel = pytest.mark.skipif(WHY_NOT is not None, reason=f"cpu_int4_vnni: {WHY_NOT}")
+needs_isa = pytest.mark.skipif(not Int4VnniLinear.is_supported("cpu")[0], reason="no AVX512-VNNI")
 
 
 def two_kernel_path(x, weight, scale, bias, bits):
@@ -170,7 +171,7 @@ def test_w4a4_dynamic_layer_keeps_int4_weights(dtype, monkeypatch):
     assert not isinstance(layer.modelslim_kernel, Int4VnniLinear) and layer.modelslim_act_quant is not None
 
 
-@needs_kernel
+@needs_isa
 def test_a_host_that_cannot_build_falls_back_with_the_reason(tmp_path):
     """No working compiler: int4 kernel skipped with the build error; the next kernel runs the layer."""
     script = (

@@ -52,6 +52,11 @@ def int4_vnni_isa_reason(device_type: str) -> str | None:
     return f"its AVX-512 code needs {', '.join(missing)}" if missing else None
 
 
+def int4_vnni_unavailable(device_type: str = "cpu") -> str | None:
+    """Why the ops cannot run on ``device_type`` here: the ISA first, then the build; None when they can."""
+    return int4_vnni_isa_reason(device_type) or extension_unavailable()
+
+
 def require_int4_vnni_ops() -> None:
     """Load the ops (kernels call this when built).
 
