@@ -66,6 +66,32 @@ void quantize_row(const T* x, int64_t k_size, float qmax, int8_t* q, int32_t* ro
   *scale_out = scale;
 }
 
+// Rows quantized per token: int8 values [rows, width], their int32 sums and float32 scales.
+struct QuantizedRows {
+  at::Tensor q, sums, scales;
+  int8_t* q_ptr;
+  int32_t* sums_ptr;
+  float* scales_ptr;
+
+  QuantizedRows(int64_t rows, int64_t width, const at::TensorOptions& opts)
+      : q(at::empty({rows, width}, opts.dtype(at::kChar))),
+        sums(at::empty({rows}, opts.dtype(at::kInt))),
+        scales(at::empty({rows}, opts.dtype(at::kFloat))),
+        q_ptr(q.data_ptr<int8_t>()),
+        sums_ptr(sums.data_ptr<int32_t>()),
+        scales_ptr(scales.data_ptr<float>()) {}
+};
+
+// quantize_row over every row of x [rows, width] into out, in parallel.
+template <typename T>
+void quantize_rows(const T* x, int64_t rows, int64_t width, float qmax, QuantizedRows& out) {
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t m = begin; m < end; ++m) {
+      quantize_row(x + m * width, width, qmax, out.q_ptr + m * width, out.sums_ptr + m, out.scales_ptr + m);
+    }
+  });
+}
+
 // R rows x one 16-channel tile over all of K, then the float32 epilogue
 // ((float(acc) · s_x) · s_w) + bias, stored as T. Separate int32 sums for the low and high
 // nibbles, and for U consecutive weight blocks, keep 2·U independent vpdpbusd chains per row
@@ -130,23 +156,25 @@ void rows_of_tile(int rows, const uint8_t* w_tile, int64_t k_size, const int8_t*
   }
 }
 
+// One 16-channel tile over all rows of xq [rows, K] (blocks of up to kMaxRows rows): out [rows, N] at the
+// tile's columns; w_scale, bias (or nullptr) and out already point at the tile's first channel.
+template <typename T>
+void tile_all_rows(const uint8_t* w_tile, int64_t k_size, const QuantizedRows& x, int64_t first, int64_t rows,
+                   const float* w_scale, const float* bias, T* out, int64_t n_size) {
+  for (int64_t m0 = 0; m0 < rows; m0 += kMaxRows) {
+    const int r = static_cast<int>(std::min<int64_t>(kMaxRows, rows - m0));
+    const int64_t m = first + m0;
+    rows_of_tile<T>(r, w_tile, k_size, x.q_ptr + m * k_size, x.sums_ptr + m, x.scales_ptr + m, w_scale, bias,
+                    out + m0 * n_size, n_size);
+  }
+}
+
 template <typename T>
 void linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tensor& w_scale,
                  const c10::optional<at::Tensor>& bias, double qmax, at::Tensor& y) {
   const int64_t m_size = x.size(0), k_size = x.size(1), n_size = y.size(1);
-  const T* x_ptr = x.data_ptr<T>();
-  auto xq = at::empty({m_size, k_size}, x.options().dtype(at::kChar));
-  auto row_sums = at::empty({m_size}, x.options().dtype(at::kInt));
-  auto x_scales = at::empty({m_size}, x.options().dtype(at::kFloat));
-  int8_t* xq_ptr = xq.data_ptr<int8_t>();
-  int32_t* sums_ptr = row_sums.data_ptr<int32_t>();
-  float* scales_ptr = x_scales.data_ptr<float>();
-  const float qmax_f = static_cast<float>(qmax);
-  at::parallel_for(0, m_size, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t m = begin; m < end; ++m) {
-      quantize_row(x_ptr + m * k_size, k_size, qmax_f, xq_ptr + m * k_size, sums_ptr + m, scales_ptr + m);
-    }
-  });
+  QuantizedRows xq(m_size, k_size, x.options());
+  quantize_rows(x.data_ptr<T>(), m_size, k_size, static_cast<float>(qmax), xq);
   const uint8_t* w_ptr = w_packed.data_ptr<uint8_t>();
   const float* ws_ptr = w_scale.data_ptr<float>();
   const float* b_ptr = bias.has_value() ? bias->data_ptr<float>() : nullptr;
@@ -155,16 +183,11 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tens
   at::parallel_for(0, n_size / kTileN, 1, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
       const int64_t n0 = tile * kTileN;
-      for (int64_t m0 = 0; m0 < m_size; m0 += kMaxRows) {
-        const int rows = static_cast<int>(std::min<int64_t>(kMaxRows, m_size - m0));
-        rows_of_tile<T>(rows, w_ptr + tile * tile_bytes, k_size, xq_ptr + m0 * k_size, sums_ptr + m0,
-                        scales_ptr + m0, ws_ptr + n0, b_ptr == nullptr ? nullptr : b_ptr + n0,
-                        y_ptr + m0 * n_size + n0, n_size);
-      }
+      tile_all_rows<T>(w_ptr + tile * tile_bytes, k_size, xq, 0, m_size, ws_ptr + n0,
+                       b_ptr == nullptr ? nullptr : b_ptr + n0, y_ptr + n0, n_size);
     }
   });
 }
-
 
 // e^x for float32 lanes: 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (Cody–Waite split),
 // p the degree-6 Taylor polynomial (|r| ≤ ln2/2: relative error about 2e-7).
@@ -195,31 +218,20 @@ void swiglu_row(const float* gate, const float* up, int64_t size, T* out) {
   }
 }
 
-// rows x [R, K] int8 (row stride K) times every 16-channel tile of an expert's packed weight,
-// float32 results (acc·s_x)·s_w into out [R, N].
-void expert_gemm_item(const uint8_t* w_expert, int64_t k_size, int64_t tile, const int8_t* xq,
-                      const int32_t* sums, const float* scales, const float* w_scale, int64_t rows,
-                      float* out, int64_t n_size) {
-  const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
-  for (int64_t m0 = 0; m0 < rows; m0 += kMaxRows) {
-    const int r = static_cast<int>(std::min<int64_t>(kMaxRows, rows - m0));
-    rows_of_tile<float>(r, w_expert + tile * tile_bytes, k_size, xq + m0 * k_size, sums + m0, scales + m0,
-                        w_scale + tile * kTileN, nullptr, out + m0 * n_size + tile * kTileN, n_size);
-  }
-}
-
-// One GEMM per active expert over its rows (grouped contiguously), parallel over (expert, tile).
-void grouped_gemm(const std::vector<int64_t>& active, const std::vector<int64_t>& offsets,
-                  const uint8_t* w, int64_t expert_bytes, const float* w_scale, int64_t k_size, int64_t n_size,
-                  const int8_t* xq, const int32_t* sums, const float* scales, float* out) {
+// One GEMM per active expert over its rows of x (grouped contiguously), parallel over (expert, tile):
+// float32 (acc·s_x)·s_w into out [rows, N].
+void grouped_gemm(const std::vector<int64_t>& active, const std::vector<int64_t>& offsets, const uint8_t* w,
+                  int64_t expert_bytes, const float* w_scale, int64_t k_size, int64_t n_size, const QuantizedRows& x,
+                  float* out) {
   const int64_t tiles = n_size / kTileN;
+  const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
   const int64_t items = static_cast<int64_t>(active.size()) * tiles;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
       const int64_t e = active[item / tiles], tile = item % tiles;
-      const int64_t first = offsets[e], rows = offsets[e + 1] - first;
-      expert_gemm_item(w + e * expert_bytes, k_size, tile, xq + first * k_size, sums + first, scales + first,
-                       w_scale + e * n_size, rows, out + first * n_size, n_size);
+      const int64_t first = offsets[e], n0 = tile * kTileN;
+      tile_all_rows<float>(w + e * expert_bytes + tile * tile_bytes, k_size, x, first, offsets[e + 1] - first,
+                           w_scale + e * n_size + n0, nullptr, out + first * n_size + n0, n_size);
     }
   });
 }
@@ -247,55 +259,36 @@ void moe_impl(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w13_
   for (int64_t p = 0; p < pairs; ++p) position[p] = fill[ids[p]]++;
   // Each token quantized once; its rows copied to the slots of its experts.
   auto opts = x.options();
-  auto xq = at::empty({tokens, hidden}, opts.dtype(at::kChar));
-  auto sums = at::empty({tokens}, opts.dtype(at::kInt));
-  auto scales = at::empty({tokens}, opts.dtype(at::kFloat));
-  const T* x_ptr = x.data_ptr<T>();
-  int8_t* xq_ptr = xq.data_ptr<int8_t>();
-  int32_t* sums_ptr = sums.data_ptr<int32_t>();
-  float* scales_ptr = scales.data_ptr<float>();
-  at::parallel_for(0, tokens, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      quantize_row(x_ptr + t * hidden, hidden, qmax, xq_ptr + t * hidden, sums_ptr + t, scales_ptr + t);
-    }
-  });
-  auto gq = at::empty({pairs, hidden}, opts.dtype(at::kChar));
-  auto g_sums = at::empty({pairs}, opts.dtype(at::kInt));
-  auto g_scales = at::empty({pairs}, opts.dtype(at::kFloat));
-  int8_t* gq_ptr = gq.data_ptr<int8_t>();
-  int32_t* g_sums_ptr = g_sums.data_ptr<int32_t>();
-  float* g_scales_ptr = g_scales.data_ptr<float>();
+  QuantizedRows xq(tokens, hidden, opts);
+  quantize_rows(x.data_ptr<T>(), tokens, hidden, qmax, xq);
+  QuantizedRows gathered(pairs, hidden, opts);
   for (int64_t p = 0; p < pairs; ++p) {
     const int64_t t = p / top_k, row = position[p];
-    std::memcpy(gq_ptr + row * hidden, xq_ptr + t * hidden, hidden);
-    g_sums_ptr[row] = sums_ptr[t];
-    g_scales_ptr[row] = scales_ptr[t];
+    std::memcpy(gathered.q_ptr + row * hidden, xq.q_ptr + t * hidden, hidden);
+    gathered.sums_ptr[row] = xq.sums_ptr[t];
+    gathered.scales_ptr[row] = xq.scales_ptr[t];
   }
   // Gate and up: C = (x_q·W13ᵀ)·s_x·s13 in float32.
   auto c = at::empty({pairs, inter2}, opts.dtype(at::kFloat));
   float* c_ptr = c.data_ptr<float>();
   grouped_gemm(active, offsets, w13.data_ptr<uint8_t>(), inter2 * hidden / 2, w13_scale.data_ptr<float>(), hidden,
-               inter2, gq_ptr, g_sums_ptr, g_scales_ptr, c_ptr);
+               inter2, gathered, c_ptr);
   // S = silu(gate)·up rounded to the activation dtype, then quantized per row.
   auto s = at::empty({pairs, inter}, opts);
-  auto sq = at::empty({pairs, inter}, opts.dtype(at::kChar));
-  auto s_sums = at::empty({pairs}, opts.dtype(at::kInt));
-  auto s_scales = at::empty({pairs}, opts.dtype(at::kFloat));
   T* s_ptr = s.data_ptr<T>();
-  int8_t* sq_ptr = sq.data_ptr<int8_t>();
-  int32_t* s_sums_ptr = s_sums.data_ptr<int32_t>();
-  float* s_scales_ptr = s_scales.data_ptr<float>();
+  QuantizedRows sq(pairs, inter, opts);
   at::parallel_for(0, pairs, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) {
+    for (int64_t row = begin; row < end; ++row) {  // each row quantized while it is in cache
       swiglu_row(c_ptr + row * inter2, c_ptr + row * inter2 + inter, inter, s_ptr + row * inter);
-      quantize_row(s_ptr + row * inter, inter, qmax, sq_ptr + row * inter, s_sums_ptr + row, s_scales_ptr + row);
+      quantize_row(s_ptr + row * inter, inter, qmax, sq.q_ptr + row * inter, sq.sums_ptr + row,
+                   sq.scales_ptr + row);
     }
   });
   // Down: D = (S_q·W2ᵀ)·s_S·s2 in float32, then out[t] = Σ_j w[t, j]·D[t, j] (slots in order), rounded once.
   auto d = at::empty({pairs, hidden}, opts.dtype(at::kFloat));
   float* d_ptr = d.data_ptr<float>();
   grouped_gemm(active, offsets, w2.data_ptr<uint8_t>(), hidden * inter / 2, w2_scale.data_ptr<float>(), inter,
-               hidden, sq_ptr, s_sums_ptr, s_scales_ptr, d_ptr);
+               hidden, sq, d_ptr);
   const float* weights = topk_weights.data_ptr<float>();
   T* y_ptr = y.data_ptr<T>();
   at::parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
