@@ -21,9 +21,26 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from vllm_modelslim.kernels.platform import cpu_flags
+
 CSRC = Path(__file__).parent / "csrc"
 CACHE_ENV = "MODELSLIM_CACHE_DIR"
 _LOCK = threading.Lock()
+_FAKES_REGISTERED: set[str] = set()
+
+
+def isa_reason(device_type: str, flags: tuple[str, ...]) -> str | None:
+    """Why code compiled for ``flags`` (``/proc/cpuinfo`` names) cannot run on ``device_type``, or None."""
+    if device_type != "cpu":
+        return "a CPU kernel"
+    missing = [flag for flag in flags if flag not in cpu_flags()]
+    return f"its AVX-512 code needs {', '.join(missing)}" if missing else None
+
+
+def require_cpu_ops(reason: str | None) -> None:
+    """Raise ``RuntimeError(reason)`` unless ``reason`` (from :func:`load_cpu_ops`) is None."""
+    if reason is not None:
+        raise RuntimeError(reason)
 
 
 def extension_build_dir(source: Path) -> Path:
@@ -63,9 +80,6 @@ def load_cpu_ops(
                 torch.library.register_fake(op)(fake)
             _FAKES_REGISTERED.add(source_name)
         return reason
-
-
-_FAKES_REGISTERED: set[str] = set()
 
 
 @functools.cache

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels.cpp_extension import load_cpu_ops
-from vllm_modelslim.kernels.platform import cpu_flags
+from vllm_modelslim.kernels.cpp_extension import isa_reason, load_cpu_ops, require_cpu_ops
 
 SOURCE = "int4_vnni.cpp"
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
@@ -46,10 +45,7 @@ def extension_unavailable() -> str | None:
 
 def int4_vnni_isa_reason(device_type: str) -> str | None:
     """Why the ops' code cannot execute on ``device_type`` here (not a CPU, ISA flags missing), or None."""
-    if device_type != "cpu":
-        return "a CPU kernel"
-    missing = [flag for flag in CPU_FLAGS if flag not in cpu_flags()]
-    return f"its AVX-512 code needs {', '.join(missing)}" if missing else None
+    return isa_reason(device_type, CPU_FLAGS)
 
 
 def int4_vnni_unavailable(device_type: str = "cpu") -> str | None:
@@ -63,9 +59,7 @@ def require_int4_vnni_ops() -> None:
     Raises:
         RuntimeError: they cannot be built or loaded here (the reason).
     """
-    reason = extension_unavailable()
-    if reason is not None:
-        raise RuntimeError(reason)
+    require_cpu_ops(extension_unavailable())
 
 
 def _linear_fake(x, weight_packed, weight_scale, bias, qmax):

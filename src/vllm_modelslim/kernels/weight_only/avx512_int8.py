@@ -26,16 +26,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm_modelslim.kernels.cpp_extension import load_cpu_ops
-from vllm_modelslim.kernels.platform import cpu_flags
+from vllm_modelslim.kernels.cpp_extension import isa_reason, load_cpu_ops, require_cpu_ops
 from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig
 from vllm_modelslim.kernels.weight_only.int8pack import Int8PackWeightOnlyInt8
 
 SOURCE = "int8_weight_linear.cpp"
-CPU_FLAGS = ("avx512f", "avx512bw")
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512dq", "avx512vl")
+"""x86 flags the compiled code executes."""
 COMPILER_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq")
-CPU_FLAGS_DQ = ("avx512dq", "avx512vl")
 BF16_MANY_ROWS_FROM = 24
 """Smallest M of the bf16 block GEMM path: the measured crossover with this op (AVX512-BF16 host,
 2 threads, K = 2048, N = 6144: op 3.4 / 4.8 / 6.2 ms, bf16 blocks 4.5 / 4.7 / 5.9 ms at M = 16 / 24 / 32)."""
@@ -61,12 +60,8 @@ class Avx512WeightOnlyInt8(Int8PackWeightOnlyInt8):
 
     @classmethod
     def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        if device_type != "cpu":
-            return False, "a CPU kernel"
-        missing = [flag for flag in CPU_FLAGS + CPU_FLAGS_DQ if flag not in cpu_flags()]
-        if missing:
-            return False, f"its AVX-512 code needs {', '.join(missing)}"
-        return True, None
+        reason = isa_reason(device_type, CPU_FLAGS)
+        return reason is None, reason
 
     @classmethod
     def can_implement(cls, config: WeightOnlyConfig) -> tuple[bool, str | None]:
@@ -78,10 +73,9 @@ class Avx512WeightOnlyInt8(Int8PackWeightOnlyInt8):
         return (False, reason) if reason else (True, None)
 
     def __init__(self, config, weight, weight_scale, zero_point):
-        reason = ops_unavailable()
-        if reason is not None:
-            raise RuntimeError(reason)
+        require_cpu_ops(ops_unavailable())
         super().__init__(config, weight, weight_scale, zero_point)
+        self.unit_scale = None  # the int8pack op's unit scale: this op takes the real one
         bf16_blocks = self.many_rows_dtype == torch.bfloat16
         self.many_rows_from = BF16_MANY_ROWS_FROM if bf16_blocks else MANY_ROWS_FROM
 
