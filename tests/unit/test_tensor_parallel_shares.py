@@ -246,10 +246,17 @@ def test_row_parallel_dynamic_ranks_with_a_combined_row_max_equal_the_unsplit_la
 
 class ThreadGather:
     """Two "ranks" as threads: ``reduce(rank)`` gathers both ranks' maxima and takes the maximum (a
-    collective: each call waits for the other rank's), counting the calls."""
+    collective: each call waits for the other rank's), counting the calls.
+
+    A rank holds ``compute`` while it computes and lets go of it only inside the collective: real
+    ranks are separate processes, while these threads share one process, and vLLM's CPU oneDNN GEMM
+    keeps one scratchpad per process (``cpu_utils::ScratchPadManager``), so two threads in it at once
+    overwrite each other's partial sums (a third of the runs differed by up to 251 before this lock).
+    """
 
     def __init__(self, ranks: int):
         self.barrier = threading.Barrier(ranks, timeout=30)
+        self.compute = threading.Lock()
         self.slots: list[torch.Tensor | None] = [None] * ranks
         self.calls = [0] * ranks
 
@@ -257,9 +264,11 @@ class ThreadGather:
         def combine(local: torch.Tensor) -> torch.Tensor:
             self.calls[rank] += 1
             self.slots[rank] = local
+            self.compute.release()
             self.barrier.wait()  # both ranks' maxima are in
             combined = torch.stack(self.slots).amax(dim=0)
             self.barrier.wait()  # both have read them
+            self.compute.acquire()
             return combined
 
         return combine
@@ -293,8 +302,9 @@ def _run_ranks(experts, hidden, inter, x, weights, ids_per_rank, combine: bool):
 
     def rank(r: int) -> None:
         reduce = gather.reduce(r) if combine else None
-        scheme, layer = _dynamic_moe_layer(experts, hidden, inter, r, 2, reduce)
-        outputs[r] = scheme.apply(layer, x, weights, ids_per_rank[r])
+        with gather.compute:
+            scheme, layer = _dynamic_moe_layer(experts, hidden, inter, r, 2, reduce)
+            outputs[r] = scheme.apply(layer, x, weights, ids_per_rank[r])
 
     threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
     for t in threads:
