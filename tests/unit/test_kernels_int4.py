@@ -26,12 +26,14 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
 )
 from vllm_modelslim.kernels.weight_only import (
     WEIGHT_ONLY_INT4_KERNELS,
+    Avx512Bf16WeightOnlyInt4,
     CpuInt4PackWeightOnlyInt4,
     DequantMatmulWeightOnly,
     WeightOnlyConfig,
     make_weight_only_int4,
     weight_only_int4_reference,
 )
+from vllm_modelslim.kernels.weight_only.avx512_bf16_int4 import ops_unavailable as bf16_ops_unavailable
 
 INT4_KERNELS = [k for k in WEIGHT_ONLY_INT4_KERNELS if k.is_supported("cpu")[0]]
 INT8_KERNELS = [k for k in SCALED_INT8_MM_KERNELS if k.is_supported("cpu")[0]]
@@ -94,11 +96,16 @@ def test_int4pack_rounds_scales_to_the_activation_dtype_and_nothing_else():
 
 def test_int4_selection_and_constraints():
     x, q, scale, zp, _ = int4_case(1, 64, 256, 64, False, torch.bfloat16)
-    assert isinstance(make_weight_only_int4(q, scale, zp, torch.bfloat16), CpuInt4PackWeightOnlyInt4)
+    bf16_op = Avx512Bf16WeightOnlyInt4.is_supported("cpu")[0] and bf16_ops_unavailable() is None
+    first = Avx512Bf16WeightOnlyInt4 if bf16_op else CpuInt4PackWeightOnlyInt4
+    assert type(make_weight_only_int4(q, scale, zp, torch.bfloat16)) is first
+    assert type(make_weight_only_int4(q, scale, zp, torch.float32)) is CpuInt4PackWeightOnlyInt4
     # N not a multiple of 16, or a group size torch's kernel lacks: the portable kernel.
     assert isinstance(make_weight_only_int4(q[:8], scale[:8], None, torch.bfloat16), DequantMatmulWeightOnly)
-    q2, s2 = torch.zeros(16, 48, dtype=torch.int8), torch.ones(16, 3)
-    assert isinstance(make_weight_only_int4(q2, s2, None, torch.bfloat16), DequantMatmulWeightOnly)
+    q2, s2 = torch.zeros(16, 48, dtype=torch.int8), torch.ones(16, 3)  # g = 16: not one of torch's
+    assert isinstance(make_weight_only_int4(q2, s2, None, torch.float32), DequantMatmulWeightOnly)
+    bf16_kernel = Avx512Bf16WeightOnlyInt4 if bf16_op else DequantMatmulWeightOnly  # groups of 8·j
+    assert type(make_weight_only_int4(q2, s2, None, torch.bfloat16)) is bf16_kernel
     with pytest.raises(ValueError, match="do not fit"):
         make_weight_only_int4(q, torch.ones(64, 3), None, torch.bfloat16)  # 3 groups do not divide K = 256
 

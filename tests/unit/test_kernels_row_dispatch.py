@@ -64,7 +64,7 @@ def test_int4pack_layout_is_read_back_exactly(n):
     q = torch.randint(-8, 8, (n, 256), dtype=torch.int8, generator=g)
     scale = torch.rand(n, 2, generator=g) + 0.5
     zp = torch.randint(-3, 4, (n, 2), generator=g).float()
-    kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16)
+    kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16, kernel=CpuInt4PackWeightOnlyInt4)
     assert (kernel.many_rows_from > 0) is INT4PACK_BLOCK_GEMM
     if not INT4PACK_BLOCK_GEMM:
         pytest.skip("torch's int4pack layout here is not the 64-channel one: op for every M")
@@ -86,7 +86,9 @@ def test_int4pack_layout_is_read_back_exactly(n):
 @needs_int4pack
 def test_int4pack_unknown_block_layout_keeps_the_op():
     q = torch.zeros(80, 64, dtype=torch.int8)  # N % 64 != 0: layout not read, op for every M
-    kernel = make_weight_only_int4(q, torch.ones(80, 2), None, torch.bfloat16)
+    kernel = make_weight_only_int4(
+        q, torch.ones(80, 2), None, torch.bfloat16, kernel=CpuInt4PackWeightOnlyInt4
+    )
     assert kernel.many_rows_from == 0
 
 
@@ -118,7 +120,7 @@ def test_int4_many_rows_with_several_blocks_matches_reference(many_rows_gemm):
     zp = torch.randint(-4, 4, (n, k // group), generator=g).float()
     x = torch.randn(70, k, generator=g).to(torch.bfloat16)
     bias = torch.randn(n, generator=g).to(torch.bfloat16)
-    kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16)
+    kernel = make_weight_only_int4(q, scale, zp, torch.bfloat16, kernel=CpuInt4PackWeightOnlyInt4)
     assert kernel.many_rows_dtype == many_rows_gemm and x.shape[0] >= kernel.many_rows_from
     got = kernel(x, bias)
     want = weight_only_int4_reference(x, q, scale, zp, bias, torch.float64)
@@ -168,7 +170,9 @@ def _int8_kernel():
 def _int4_kernel():
     g = torch.Generator().manual_seed(3)
     q = torch.randint(-8, 8, (64, 128), dtype=torch.int8, generator=g)
-    return make_weight_only_int4(q, torch.rand(64, 1, generator=g) * 0.05, None, torch.bfloat16)
+    return make_weight_only_int4(
+        q, torch.rand(64, 1, generator=g) * 0.05, None, torch.bfloat16, kernel=CpuInt4PackWeightOnlyInt4
+    )
 
 
 @pytest.mark.parametrize(

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
+from vllm_modelslim.kernels.weight_only.avx512_bf16_int4 import Avx512Bf16WeightOnlyInt4
 from vllm_modelslim.kernels.weight_only.avx512_int8 import Avx512WeightOnlyInt8
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel, zero_point_kind
 from vllm_modelslim.kernels.weight_only.cpu_int4pack import CpuInt4PackWeightOnlyInt4
@@ -43,6 +44,7 @@ WEIGHT_ONLY_INT8_KERNELS: list[type[WeightOnlyKernel]] = priority_list(
 WEIGHT_ONLY_INT4_KERNELS: list[type[WeightOnlyKernel]] = priority_list(
     VllmMacheteWeightOnly,
     VllmMarlinWeightOnly,
+    Avx512Bf16WeightOnlyInt4,
     CpuInt4PackWeightOnlyInt4,
     DequantMatmulWeightOnly,
     ReferenceWeightOnly,
@@ -153,6 +155,7 @@ __all__ = [
     "WEIGHT_ONLY_INT4_KERNELS",
     "Avx512WeightOnlyInt8",
     "WEIGHT_ONLY_INT8_KERNELS",
+    "Avx512Bf16WeightOnlyInt4",
     "CpuInt4PackWeightOnlyInt4",
     "DequantMatmulWeightOnly",
     "Int8PackWeightOnlyInt8",
