@@ -6,6 +6,7 @@ from kernel_bounds import assert_within, scaled_int8_mm_expectation
 
 from vllm_modelslim.kernels.scaled_int8_mm import (
     SCALED_INT8_MM_KERNELS,
+    CpuInt8VnniScaledInt8MM,
     ReferenceScaledInt8MM,
     ScaledInt8MMConfig,
     TorchIntMMScaledInt8MM,
@@ -14,6 +15,8 @@ from vllm_modelslim.kernels.scaled_int8_mm import (
     make_scaled_int8_mm,
     scaled_int8_mm_reference,
 )
+from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import ops_unavailable as vnni_ops_unavailable
+from vllm_modelslim.kernels.selection import DISABLED_KERNELS_ENV
 
 CPU_KERNELS = [k for k in SCALED_INT8_MM_KERNELS if k.is_supported("cpu")[0]]
 SHAPES = [(1, 13, 7), (1, 250, 70), (5, 250, 70), (17, 256, 64), (64, 1000, 24)]
@@ -57,13 +60,13 @@ def test_matches_float64_reference(kernel, m, k, n, per_token, with_int_bias):
 
 @pytest.mark.parametrize("kernel", CPU_KERNELS, ids=lambda k: k.name)
 def test_accumulation_is_exact_at_int8_limits(kernel):
-    k = 1000
+    k, n = 1008, 16  # multiples of 16: every kernel's shape constraint
     x_q = torch.full((3, k), -128, dtype=torch.int8)
     x_q[1] = 127
-    w_q = torch.full((5, k), -128, dtype=torch.int8)
-    needs_int_bias = not kernel.can_implement(ScaledInt8MMConfig(k, 5))[0]
-    int_bias = torch.zeros(5, dtype=torch.int32) if needs_int_bias else None
-    mm = make_scaled_int8_mm(w_q, torch.ones(5), int_bias, kernel=kernel)
+    w_q = torch.full((n, k), -128, dtype=torch.int8)
+    needs_int_bias = not kernel.can_implement(ScaledInt8MMConfig(k, n))[0]
+    int_bias = torch.zeros(n, dtype=torch.int32) if needs_int_bias else None
+    mm = make_scaled_int8_mm(w_q, torch.ones(n), int_bias, kernel=kernel)
     got = mm(x_q, None, None, torch.float64)
     assert got[0, 0].item() == 128 * 128 * k
     assert got[1, 0].item() == -127 * 128 * k
@@ -97,13 +100,19 @@ def test_forced_kernel_that_cannot_run_is_refused():
         make_scaled_int8_mm(torch.ones(5, 1, dtype=torch.int8), torch.ones(5), kernel=TorchIntMMScaledInt8MM)
 
 
-def test_fast_kernel_is_selected_on_cpu():
+def test_fast_kernel_is_selected_on_cpu(monkeypatch):
     x_q, w_q, *_ = random_case(2, 64, 16)
+    own = CpuInt8VnniScaledInt8MM.is_supported("cpu")[0] and vnni_ops_unavailable() is None
     onednn = VllmOnednnScaledInt8MM.is_supported("cpu")[0]
+    int_bias = torch.ones(16, dtype=torch.int32)
+    if own:  # the project's VNNI op first, with or without an int32 bias
+        assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16)), CpuInt8VnniScaledInt8MM)
+        assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16), int_bias), CpuInt8VnniScaledInt8MM)
+    monkeypatch.setenv(DISABLED_KERNELS_ENV, CpuInt8VnniScaledInt8MM.name)
     fast = VllmOnednnScaledInt8MM if onednn else TorchIntMMScaledInt8MM
     assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16)), fast)
     # an int32 bias must enter exactly: oneDNN's static handler as a zero point and a float32 remainder
-    with_bias = make_scaled_int8_mm(w_q, torch.ones(16), torch.ones(16, dtype=torch.int32))
+    with_bias = make_scaled_int8_mm(w_q, torch.ones(16), int_bias)
     assert isinstance(with_bias, VllmOnednnStaticScaledInt8MM if onednn else TorchIntMMScaledInt8MM)
     assert isinstance(make_scaled_int8_mm(w_q, torch.ones(16, 2)), TorchIntMMScaledInt8MM)  # per-group
 
@@ -129,7 +138,7 @@ def test_onednn_kernel_is_bit_identical_to_int_mm(m, k, n):
 @needs_onednn
 def test_onednn_kernel_holds_the_only_weight_copy():
     _, w_q, *_ = random_case(2, 64, 16)
-    kernel = make_scaled_int8_mm(w_q, torch.ones(16))
+    kernel = make_scaled_int8_mm(w_q, torch.ones(16), kernel=VllmOnednnScaledInt8MM)
     assert kernel.weight is None and kernel.external_weight_bytes == w_q.numel() and kernel.copies_weight
 
 

@@ -33,6 +33,13 @@ from vllm_modelslim.schemes.linear.w8a8 import W8A8StaticLinearScheme
 
 ONEDNN = VllmOnednnStaticScaledInt8MM.is_supported("cpu")[0]
 needs_onednn = pytest.mark.skipif(not ONEDNN, reason="needs vLLM's oneDNN and VNNI/AMX int8 dot products")
+OWN_KERNEL = "cpu_int8_vnni"
+"""The project's VNNI op, ahead of oneDNN where it builds (``test_kernels_int8_vnni_gemm.py``): off here."""
+
+
+@pytest.fixture(autouse=True)
+def without_the_projects_vnni_op(monkeypatch):
+    monkeypatch.setenv(DISABLED_KERNELS_ENV, OWN_KERNEL)
 
 
 def static_case(m, k, n, offset, remainder, seed=0):
@@ -181,7 +188,7 @@ def test_fused_shards_with_their_own_offsets(dtype, folded, monkeypatch):
         assert [k.config.int_bias_zero_point for k in layer.modelslim_kernels] == [-3, 4]
     x = (torch.randn(6, 1, 256, generator=torch.Generator().manual_seed(3)) * 2).to(dtype)
     got = scheme.apply(layer, x, None)
-    monkeypatch.setenv(DISABLED_KERNELS_ENV, "vllm_onednn_static")
+    monkeypatch.setenv(DISABLED_KERNELS_ENV, f"vllm_onednn_static,{OWN_KERNEL}")
     monkeypatch.setattr(selection, "_LOGGED", set())
     torch_layer, torch_scheme = fused_qkv(dtype, folded)
     assert [type(k) for k in torch_layer.modelslim_kernels] == [TorchIntMMScaledInt8MM] * 2

@@ -315,7 +315,11 @@ def test_disabled_vllm_kernels_fall_back_to_torch(vllm_kernels_on_cpu, monkeypat
     scheme_for(layer)
     assert [type(q) for q in layer.modelslim_act_quants] == [TorchActivationQuant]
     assert type(layer.modelslim_kernels[0]) is not VllmCutlassScaledInt8MM
-    assert type(layer.modelslim_kernels[0]).name in ("vllm_onednn_static", TorchIntMMScaledInt8MM.name)
+    assert type(layer.modelslim_kernels[0]).name in (
+        "cpu_int8_vnni",
+        "vllm_onednn_static",
+        TorchIntMMScaledInt8MM.name,
+    )
 
 
 def test_torch_static_quantizer_equals_the_function_it_replaces():

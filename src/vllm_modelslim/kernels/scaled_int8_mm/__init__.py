@@ -9,6 +9,7 @@ from vllm_modelslim.kernels.scaled_int8_mm.base import (
     ScaledInt8MMKernel,
     int_bias_zero_point,
 )
+from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import CpuInt8VnniScaledInt8MM
 from vllm_modelslim.kernels.scaled_int8_mm.reference import (
     ReferenceScaledInt8MM,
     scaled_int8_mm_reference,
@@ -23,6 +24,7 @@ from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 SCALED_INT8_MM_KERNELS: list[type[ScaledInt8MMKernel]] = priority_list(
     VllmCutlassScaledInt8MM,
     VllmWna16Int8ActScaledInt8MM,
+    CpuInt8VnniScaledInt8MM,
     VllmOnednnStaticScaledInt8MM,
     VllmOnednnScaledInt8MM,
     TorchIntMMScaledInt8MM,
@@ -78,6 +80,7 @@ def make_scaled_int8_mm(
 
 __all__ = [
     "SCALED_INT8_MM_KERNELS",
+    "CpuInt8VnniScaledInt8MM",
     "ReferenceScaledInt8MM",
     "ScaledInt8MMConfig",
     "ScaledInt8MMKernel",
