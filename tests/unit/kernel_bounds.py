@@ -86,6 +86,9 @@ WEIGHT_ONLY_ROUNDING = {
     ("int8", "cpu_int8pack"): WeightOnlyRounding(raw_product=True),
     # few rows: float32 products and sums; many rows: cpu_int8pack's block GEMM (raw product in bf16)
     ("int8", "cpu_int8_avx512"): WeightOnlyRounding(raw_product=True),
+    # few rows: exact limbs, float32 sums (test_kernels_weight_only_int8_vnni holds them to the
+    # reference's bound); many rows: the inherited block GEMM (raw product in bf16)
+    ("int8", "cpu_int8_vnni_w8a16"): WeightOnlyRounding(raw_product=True),
     ("int4", "reference"): WeightOnlyRounding(),
     ("int4", "dequant_matmul"): WeightOnlyRounding(weight=True),
     ("int4", "cpu_int4pack"): WeightOnlyRounding(weight=True, scale_and_zero=True, before_bias=True),

@@ -50,7 +50,9 @@ def int8_case(n=32, k=64, seed=0):
 
 def test_choice_is_logged_once_with_the_skipped_kernels(caplog, monkeypatch):
     caplog.set_level(logging.INFO, logger=LOGGER)
-    monkeypatch.setenv(DISABLED_KERNELS_ENV, "cpu_int8_avx512")  # it would take these float32 layers
+    # cpu_int8_avx512 would take these float32 layers; the VNNI one (bf16 only) is disabled too so
+    # that the line is the same on every host
+    monkeypatch.setenv(DISABLED_KERNELS_ENV, "cpu_int8_vnni_w8a16,cpu_int8_avx512")
     tag = label()
     _, w_q, scale, _, _ = int8_case()
     for _ in range(3):  # three layers of the same kind
@@ -59,7 +61,7 @@ def test_choice_is_logged_once_with_the_skipped_kernels(caplog, monkeypatch):
     lines = selection_lines(caplog, tag)
     assert lines == [
         f"Selected kernel dequant_matmul for {tag} (weight-only int8 GEMM, per-channel scales); "
-        f"skipped: cpu_int8_avx512 ({DISABLED_REASON}); "
+        f"skipped: cpu_int8_vnni_w8a16 ({DISABLED_REASON}); cpu_int8_avx512 ({DISABLED_REASON}); "
         f"cpu_int8pack ({reason(Int8PackWeightOnlyInt8, torch.float32)})"
     ]
 
@@ -105,7 +107,7 @@ def test_disabling_the_fast_int8_kernel_picks_the_next_one(monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     x, w_q, scale, zp, bias = int8_case()
     assert isinstance(make_weight_only_int8(w_q, scale, zp, torch.bfloat16), Int8PackWeightOnlyInt8)
-    monkeypatch.setenv(DISABLED_KERNELS_ENV, " cpu_int8pack , cpu_int8_avx512")
+    monkeypatch.setenv(DISABLED_KERNELS_ENV, " cpu_int8pack , cpu_int8_avx512,cpu_int8_vnni_w8a16")
     tag = label()
     kernel = make_weight_only_int8(w_q, scale, zp, torch.bfloat16, label=tag)
     assert isinstance(kernel, DequantMatmulWeightOnly)

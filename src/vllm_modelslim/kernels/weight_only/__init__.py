@@ -19,6 +19,7 @@ import torch
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 from vllm_modelslim.kernels.weight_only.avx512_bf16_int4 import Avx512Bf16WeightOnlyInt4
 from vllm_modelslim.kernels.weight_only.avx512_int8 import Avx512WeightOnlyInt8
+from vllm_modelslim.kernels.weight_only.avx512_vnni_int8 import Avx512VnniWeightOnlyInt8
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig, WeightOnlyKernel, zero_point_kind
 from vllm_modelslim.kernels.weight_only.cpu_int4pack import CpuInt4PackWeightOnlyInt4
 from vllm_modelslim.kernels.weight_only.dequant_matmul import DequantMatmulWeightOnly
@@ -34,6 +35,7 @@ from vllm_modelslim.kernels.weight_only.vllm_marlin import VllmMarlinWeightOnly
 WEIGHT_ONLY_INT8_KERNELS: list[type[WeightOnlyKernel]] = priority_list(
     VllmMacheteWeightOnly,
     VllmMarlinWeightOnly,
+    Avx512VnniWeightOnlyInt8,
     Avx512WeightOnlyInt8,
     Int8PackWeightOnlyInt8,
     DequantMatmulWeightOnly,
@@ -156,6 +158,7 @@ __all__ = [
     "Avx512WeightOnlyInt8",
     "WEIGHT_ONLY_INT8_KERNELS",
     "Avx512Bf16WeightOnlyInt4",
+    "Avx512VnniWeightOnlyInt8",
     "CpuInt4PackWeightOnlyInt4",
     "DequantMatmulWeightOnly",
     "Int8PackWeightOnlyInt8",

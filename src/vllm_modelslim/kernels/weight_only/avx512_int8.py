@@ -57,10 +57,12 @@ class Avx512WeightOnlyInt8(Int8PackWeightOnlyInt8):
     """
 
     name = "cpu_int8_avx512"
+    cpu_flags = CPU_FLAGS
+    ops_unavailable = staticmethod(ops_unavailable)
 
     @classmethod
     def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        reason = isa_reason(device_type, CPU_FLAGS)
+        reason = isa_reason(device_type, cls.cpu_flags)
         return reason is None, reason
 
     @classmethod
@@ -69,11 +71,11 @@ class Avx512WeightOnlyInt8(Int8PackWeightOnlyInt8):
             return False, "per-channel int8 weights only"
         if config.act_dtype not in (torch.bfloat16, torch.float32):
             return False, f"bf16 or float32 activations only, not {config.act_dtype}"
-        reason = ops_unavailable()
+        reason = cls.ops_unavailable()
         return (False, reason) if reason else (True, None)
 
     def __init__(self, config, weight, weight_scale, zero_point):
-        require_cpu_ops(ops_unavailable())
+        require_cpu_ops(self.ops_unavailable())
         super().__init__(config, weight, weight_scale, zero_point)
         self.unit_scale = None  # the int8pack op's unit scale: this op takes the real one
         bf16_blocks = self.many_rows_dtype == torch.bfloat16

@@ -88,19 +88,19 @@ class Int8PackWeightOnlyInt8(RowDispatchMixin, WeightOnlyKernel):
         acc = torch.ops.aten._weight_int8pack_mm(x_padded.contiguous(), self.weight, self.unit_scale)
         return self._epilogue(acc, x, bias, slice(None))
 
-    def forward_many_rows(self, x, bias):  # noqa: D102
+    def weight_t_block(self, cols: slice, scratch: torch.Tensor) -> torch.Tensor:
+        """``w_qᵀ[:, cols]`` ``[K, len(cols)]`` in ``scratch``'s dtype (exact: int8 values), for the GEMM."""
         k = self.config.in_features
+        block = scratch.view(cols.stop - cols.start, k)
+        return block.copy_(self.weight[cols, :k]).T
 
-        def weight_t_block(cols: slice, scratch: torch.Tensor) -> torch.Tensor:
-            block = scratch.view(cols.stop - cols.start, k)
-            return block.copy_(self.weight[cols, :k]).T  # int8 → bf16 or float32 is exact
-
+    def forward_many_rows(self, x, bias):  # noqa: D102
         def epilogue(acc: torch.Tensor, cols: slice) -> torch.Tensor:
             return self._epilogue(acc, x, bias, cols, row_sums, out_dtype=torch.float32)
 
         row_sums = None if self.zero_point is None else x.to(torch.float32).sum(dim=-1, keepdim=True)
         return gemm_by_blocks(
-            x, weight_t_block, self.config.out_features, self.many_rows_dtype, epilogue=epilogue
+            x, self.weight_t_block, self.config.out_features, self.many_rows_dtype, epilogue=epilogue
         )
 
     def _epilogue(

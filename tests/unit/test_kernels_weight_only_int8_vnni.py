@@ -1,0 +1,129 @@
+"""The project's W8A16 VNNI kernel (``cpu_int8_vnni_w8a16``) against the float64 reference.
+
+Few rows: every bf16 activation row is split into four exact int8 limbs and multiplied by the int8
+weight in exact int32 sums, so the op is held to the reference's own bound (float32 sums and
+epilogue, one rounding), also on rows whose values span many binades; many rows: the inherited
+block GEMM over unpacked blocks, to the bound ``kernel_bounds`` declares. A slip in the limb
+split, the packing, the ``128·Σ a`` correction, the zero point or a row block fails here.
+"""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from kernel_bounds import assert_within, weight_only_expectation
+from test_kernels_weight_only_int8 import case
+
+from vllm_modelslim.kernels.weight_only import (
+    Avx512VnniWeightOnlyInt8,
+    Avx512WeightOnlyInt8,
+    WeightOnlyConfig,
+    make_weight_only_int8,
+)
+from vllm_modelslim.kernels.weight_only.avx512_vnni_int8 import MANY_ROWS_FROM, ops_unavailable
+
+ISA_MISSING = Avx512VnniWeightOnlyInt8.is_supported("cpu")[1]
+WHY_NOT = ISA_MISSING or ops_unavailable()  # the ISA, then the C++ build
+needs_kernel = pytest.mark.skipif(WHY_NOT is not None, reason=f"cpu_int8_vnni_w8a16: {WHY_NOT}")
+KERNEL = Avx512VnniWeightOnlyInt8.name
+
+
+def make(w_q, scale, zp):
+    return make_weight_only_int8(w_q, scale, zp, torch.bfloat16, kernel=Avx512VnniWeightOnlyInt8)
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, MANY_ROWS_FROM - 1])
+@pytest.mark.parametrize("k,n", [(16, 16), (256, 64), (2048, 48), (100, 32)])  # K = 100: padded to 112
+@pytest.mark.parametrize("zero_point", ["none", "mixed"])
+def test_few_rows_round_only_the_output(m, k, n, zero_point):
+    x, w_q, scale, zp, bias = case(m, k, n, zero_point, torch.bfloat16, seed=m + k)
+    kernel = make(w_q, scale, zp)
+    got = kernel.forward_few_rows(x, bias)
+    assert got.dtype == torch.bfloat16 and got.shape == (m, n)
+    assert_within(got, *weight_only_expectation("int8", "reference", x, w_q, scale, zp, bias))
+    assert torch.equal(kernel(x, bias), got)  # below the threshold the dispatch takes this path
+    assert_within(kernel(x, None), *weight_only_expectation("int8", "reference", x, w_q, scale, zp, None))
+
+
+@needs_kernel
+def test_rows_spanning_many_binades_zero_rows_and_non_finite_rows():
+    """Values from 2^−40 to 2^12 in one row (the small ones below the limbs' exact range), a row of
+    zeros (the bias alone) and a row holding inf (NaN out, as float32 sums would give)."""
+    k, n = 256, 32
+    x, w_q, scale, zp, bias = case(4, k, n, "mixed", torch.bfloat16, seed=7)
+    g = torch.Generator().manual_seed(8)
+    x[1] = (torch.randn(k, generator=g) * torch.exp2(torch.randint(-40, 13, (k,), generator=g).float())).to(
+        torch.bfloat16
+    )
+    x[2] = 0
+    kernel = make(w_q, scale, zp)
+    got = kernel.forward_few_rows(x[:3], bias)
+    assert_within(got, *weight_only_expectation("int8", "reference", x[:3], w_q, scale, zp, bias))
+    assert torch.equal(got[2], bias)
+    x[3, 5] = float("inf")
+    assert torch.isnan(kernel.forward_few_rows(x, bias)[3]).all()
+
+
+@needs_kernel
+@pytest.mark.parametrize("m", [MANY_ROWS_FROM, 70])
+@pytest.mark.parametrize("k,n", [(256, 544), (100, 32)])  # 544: a 512-column block and a rest
+def test_many_rows_use_the_block_gemm(m, k, n):
+    x, w_q, scale, zp, bias = case(m, k, n, "mixed", torch.bfloat16, seed=m)
+    kernel = make(w_q, scale, zp)
+    got = kernel(x, bias)
+    assert torch.equal(got, kernel.forward_many_rows(x, bias))
+    assert_within(got, *weight_only_expectation("int8", KERNEL, x, w_q, scale, zp, bias))
+
+
+@needs_kernel
+def test_one_byte_per_weight_and_the_selection():
+    x, w_q, scale, zp, bias = case(1, 256, 64, "none", torch.bfloat16)
+    kernel = make_weight_only_int8(w_q, scale, zp, torch.bfloat16)
+    assert type(kernel) is Avx512VnniWeightOnlyInt8  # first for bf16 W8A16 where it builds
+    assert kernel.weight.dtype == torch.uint8 and kernel.weight.numel() == w_q.numel()
+    assert type(make_weight_only_int8(w_q, scale, zp, torch.float32)) is Avx512WeightOnlyInt8
+
+
+@pytest.mark.parametrize(
+    "change,why",
+    [
+        (dict(act_dtype=torch.float32), "bf16 activations only"),
+        (dict(out_features=40), "not a multiple of 16"),
+        (dict(group_size=64), "per-channel"),
+    ],
+)
+def test_layers_it_cannot_run_are_refused(change, why):
+    base = dict(in_features=256, out_features=64, group_size=256, act_dtype=torch.bfloat16, bits=8)
+    ok, reason = Avx512VnniWeightOnlyInt8.can_implement(WeightOnlyConfig(**{**base, **change}))
+    assert not ok and why in reason
+
+
+@needs_kernel
+def test_traced_with_a_symbolic_row_count():
+    x, w_q, scale, zp, bias = case(1, 128, 32, "mixed", torch.bfloat16)
+    kernel = make(w_q, scale, zp)
+    compiled = torch.compile(lambda x: kernel(x, bias), dynamic=True, fullgraph=True)
+    for rows in (1, 5, MANY_ROWS_FROM + 3):
+        x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+        assert torch.equal(compiled(x), kernel(x, bias))
+
+
+@pytest.mark.skipif(ISA_MISSING is not None, reason=f"cpu_int8_vnni_w8a16: {ISA_MISSING}")
+def test_a_host_that_cannot_build_falls_back_with_the_reason(tmp_path):
+    """No working compiler: the C++ kernels are skipped with the build error; torch's int8pack op runs."""
+    script = (
+        "import logging, torch\n"
+        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+        "from vllm_modelslim.kernels.weight_only import make_weight_only_int8\n"
+        "k = make_weight_only_int8(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32), None,"
+        " torch.bfloat16, label='W8A16')\n"
+        "print('chosen:', k.name)\n"
+    )
+    env = {**os.environ, "MODELSLIM_CACHE_DIR": str(tmp_path), "CXX": "/bin/false"}
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "chosen: cpu_int8pack" in run.stdout
+    assert "skipped: cpu_int8_vnni_w8a16 (could not build int8_weight_vnni_linear.cpp" in run.stderr
