@@ -7,13 +7,10 @@ Both read the project's packed int4 layout: a slip in the nibble order, the acti
 a group boundary or a zero point fails here.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from kernel_bounds import WEIGHT_ONLY_ROUNDING, assert_within, weight_only_expectation
+from no_compiler import run_without_a_compiler
 from test_kernels_int4 import int4_case
 
 from vllm_modelslim.kernels.weight_only import (
@@ -118,16 +115,12 @@ def test_traced_with_a_symbolic_row_count():
 @pytest.mark.skipif(ISA_MISSING is not None, reason=f"cpu_int4_avx512bf16: {ISA_MISSING}")
 def test_a_host_that_cannot_build_falls_back_with_the_reason(tmp_path):
     """No working compiler: the kernel is skipped with the build error and torch's int4 op runs the layer."""
-    script = (
-        "import logging, torch\n"
-        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+    run = run_without_a_compiler(
+        tmp_path,
         "from vllm_modelslim.kernels.weight_only import make_weight_only_int4\n"
         "k = make_weight_only_int4(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32, 2), None,"
         " torch.bfloat16, label='W4A16')\n"
-        "print('chosen:', k.name)\n"
+        "print('chosen:', k.name)\n",
     )
-    env = {**os.environ, "MODELSLIM_CACHE_DIR": str(tmp_path), "CXX": "/bin/false"}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
     assert "chosen: cpu_int4pack" in run.stdout
     assert "skipped: cpu_int4_avx512bf16 (could not build int4_bf16_weight_linear.cpp" in run.stderr

@@ -8,13 +8,12 @@ builds; real checkpoint tensors: ``tests/checkpoints/test_w8a8_static_kernel_fac
 """
 
 import logging
-import os
-import subprocess
-import sys
 import uuid
 
 import pytest
 import torch
+from no_compiler import run_without_a_compiler
+from test_kernels_scaled_int8_mm_static import static_case
 
 from vllm_modelslim.kernels.scaled_int8_mm import (
     CpuInt8VnniScaledInt8MM,
@@ -27,17 +26,6 @@ from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import ops_unavailable,
 ISA_MISSING = CpuInt8VnniScaledInt8MM.is_supported("cpu")[1]
 WHY_NOT = ISA_MISSING or ops_unavailable()  # the ISA, then the C++ build
 needs_kernel = pytest.mark.skipif(WHY_NOT is not None, reason=f"cpu_int8_vnni: {WHY_NOT}")
-
-
-def static_case(m, k, n, offset, remainder, seed):
-    """x_q centred on ``offset``, w_q, deq_scale and quant_bias = r − offset·Σ_k w_q (ModelSlim W8A8)."""
-    g = torch.Generator().manual_seed(seed)
-    x_q = (torch.randint(-60, 61, (m, k), generator=g) + offset).clamp(-128, 127).to(torch.int8)
-    w_q = torch.randint(-128, 128, (n, k), dtype=torch.int8, generator=g)
-    deq_scale = torch.rand(n, generator=g) * 1e-4 + 1e-6
-    r = torch.randint(-remainder, remainder + 1, (n,), generator=g)
-    quant_bias = (r - offset * w_q.to(torch.int64).sum(dim=1)).to(torch.int32)
-    return x_q, w_q, deq_scale, quant_bias
 
 
 @needs_kernel
@@ -136,16 +124,12 @@ def test_traced_with_a_symbolic_row_count():
 @pytest.mark.skipif(ISA_MISSING is not None, reason=f"cpu_int8_vnni: {ISA_MISSING}")
 def test_a_host_that_cannot_build_falls_back_with_the_reason(tmp_path):
     """No working compiler: the op is skipped with the build error and the next kernel runs the layer."""
-    script = (
-        "import logging, torch\n"
-        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+    run = run_without_a_compiler(
+        tmp_path,
         "from vllm_modelslim.kernels.scaled_int8_mm import make_scaled_int8_mm\n"
         "k = make_scaled_int8_mm(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32),"
         " torch.ones(32, dtype=torch.int32), label='W8A8')\n"
-        "print('chosen:', k.name)\n"
+        "print('chosen:', k.name)\n",
     )
-    env = {**os.environ, "MODELSLIM_CACHE_DIR": str(tmp_path), "CXX": "/bin/false"}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
     assert "chosen: cpu_int8_vnni" not in run.stdout
     assert "skipped: cpu_int8_vnni (could not build int8_vnni_gemm.cpp" in run.stderr

@@ -7,13 +7,10 @@ block GEMM over unpacked blocks, to the bound ``kernel_bounds`` declares. A slip
 split, the packing, the ``128·Σ a`` correction, the zero point or a row block fails here.
 """
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
 from kernel_bounds import assert_within, weight_only_expectation
+from no_compiler import run_without_a_compiler
 from test_kernels_weight_only_int8 import case
 
 from vllm_modelslim.kernels.weight_only import (
@@ -114,16 +111,12 @@ def test_traced_with_a_symbolic_row_count():
 @pytest.mark.skipif(ISA_MISSING is not None, reason=f"cpu_int8_vnni_w8a16: {ISA_MISSING}")
 def test_a_host_that_cannot_build_falls_back_with_the_reason(tmp_path):
     """No working compiler: the C++ kernels are skipped with the build error; torch's int8pack op runs."""
-    script = (
-        "import logging, torch\n"
-        "logging.basicConfig(level=logging.INFO, format='%(message)s')\n"
+    run = run_without_a_compiler(
+        tmp_path,
         "from vllm_modelslim.kernels.weight_only import make_weight_only_int8\n"
         "k = make_weight_only_int8(torch.zeros(32, 64, dtype=torch.int8), torch.ones(32), None,"
         " torch.bfloat16, label='W8A16')\n"
-        "print('chosen:', k.name)\n"
+        "print('chosen:', k.name)\n",
     )
-    env = {**os.environ, "MODELSLIM_CACHE_DIR": str(tmp_path), "CXX": "/bin/false"}
-    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr
     assert "chosen: cpu_int8pack" in run.stdout
     assert "skipped: cpu_int8_vnni_w8a16 (could not build int8_weight_vnni_linear.cpp" in run.stderr

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "avx512_vectors.h"
+#include "op_checks.h"
 
 namespace {
 
@@ -119,21 +120,14 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sca
 // zero_point and bias float32 [N] or None. Returns [M, N] in x's dtype.
 at::Tensor int8_weight_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                               const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous [M, K] tensor");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat, "x must be bf16 or float32");
+  vllm_modelslim::check_activation_rows(x);
   TORCH_CHECK(weight.dim() == 2 && weight.scalar_type() == at::kChar && weight.is_contiguous() &&
                   weight.size(1) == x.size(1),
               "weight must be a contiguous int8 [N, K] tensor with x's K");
-  TORCH_CHECK(x.size(1) % 16 == 0, "K must be a multiple of 16");
   const int64_t n_size = weight.size(0);
-  TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == n_size,
-              "scale must be a contiguous float32 [N] tensor");
-  for (const auto& t : {zero_point, bias}) {
-    if (t.has_value()) {
-      TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n_size,
-                  "zero_point and bias must be contiguous float32 [N] tensors");
-    }
-  }
+  vllm_modelslim::check_channel_vector(scale, n_size, "scale");
+  vllm_modelslim::check_channel_vector(zero_point, n_size, "zero_point");
+  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
   auto y = at::empty({x.size(0), n_size}, x.options());
   if (x.size(0) == 0) return y;
   if (x.scalar_type() == at::kBFloat16) {

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "avx512_vectors.h"
+#include "op_checks.h"
 
 namespace {
 
@@ -225,17 +226,12 @@ void unpack_impl(const uint8_t* w, int64_t k_size, int64_t col_start, int64_t co
 at::Tensor int8_weight_vnni_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                                    const c10::optional<at::Tensor>& zero_point,
                                    const c10::optional<at::Tensor>& bias) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be a contiguous [M, K] tensor");
-  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat, "x must be bf16 or float32");
-  TORCH_CHECK(x.size(1) % 16 == 0, "K must be a multiple of 16");
+  vllm_modelslim::check_activation_rows(x);
   check_weight(weight, x.size(1));
   const int64_t n_size = weight.size(0) * kTileN;
-  for (const auto* t : {&scale, zero_point.has_value() ? &zero_point.value() : nullptr,
-                        bias.has_value() ? &bias.value() : nullptr}) {
-    if (t == nullptr) continue;
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == n_size,
-                "scale, zero_point and bias must be contiguous float32 [N] tensors");
-  }
+  vllm_modelslim::check_channel_vector(scale, n_size, "scale");
+  vllm_modelslim::check_channel_vector(zero_point, n_size, "zero_point");
+  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
   auto y = at::empty({x.size(0), n_size}, x.options());
   if (x.size(0) == 0) return y;
   if (x.scalar_type() == at::kBFloat16) {

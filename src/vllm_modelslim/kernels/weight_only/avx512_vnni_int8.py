@@ -17,8 +17,9 @@ inherited block GEMM and epilogue.
 The weight is kept only in the op's layout, uint8 ``[N/16, K/4, 64]`` of
 ``q + 128`` (one byte per weight). bf16 activations (float32 layers keep
 :class:`~.avx512_int8.Avx512WeightOnlyInt8`: their 24-bit mantissas would
-need more limbs to stay as exact), per-channel scales, N % 16 == 0 (K is padded to a multiple of 16 as for the int8pack
-kernel); needs AVX512F/BW/VL/DQ and AVX512-VNNI.
+need more limbs to stay as exact), per-channel scales, N % 16 == 0 (K is
+padded to a multiple of 16 as for the int8pack kernel); needs AVX512F/BW/VL/DQ
+and AVX512-VNNI.
 
 Measured on a 2-core AMD EPYC (AVX512-VNNI and AVX512-BF16, no AMX; 2
 threads, K = 2048, N = 6144, bf16, 6 weight copies cycled so that they come
