@@ -59,9 +59,9 @@ def assert_matches_reference(kernel_name, got, x, w_q, scale, zp, bias):
 @pytest.mark.parametrize("zero_point", ["none", "zero", "negative", "mixed"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_matches_reference(kernel, m, k, n, zero_point, dtype):
-    ok, _ = kernel.can_implement(WeightOnlyConfig(k, n, k, dtype, bits=8))
+    ok, why = kernel.can_implement(WeightOnlyConfig(k, n, k, dtype, bits=8))
     if not ok:
-        pytest.skip(f"{kernel.name} does not take {dtype} activations")
+        pytest.skip(f"{kernel.name}: {why}")
     x, w_q, scale, zp, bias = case(m, k, n, zero_point, dtype)
     layer = make_weight_only_int8(w_q, scale, zp, dtype, kernel=kernel)
     got = layer(x, bias)
