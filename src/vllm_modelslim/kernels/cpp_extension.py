@@ -43,6 +43,37 @@ def require_cpu_ops(reason: str | None) -> None:
         raise RuntimeError(reason)
 
 
+class CompiledCpuOpsMixin:
+    """Kernel class attributes shared by the wrappers of the project's C++ ops (put before the family's base).
+
+    The subclass names the x86 flags its code executes (``cpu_flags``) and the
+    function that builds and loads its ops (``ops_unavailable``, a staticmethod
+    returning the reason they cannot be had, or None). ``is_supported`` checks
+    the ISA only; the subclass's ``can_implement`` ends with :meth:`ops_reason`,
+    so the ops are built only once a layer they could run asks for them.
+    """
+
+    device_types = frozenset({"cpu"})
+    cpu_flags: tuple[str, ...] = ()
+
+    @staticmethod
+    def ops_unavailable() -> str | None:
+        """Why the ops cannot be built or loaded here, or None (the subclass's loader)."""
+        raise NotImplementedError
+
+    @classmethod
+    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
+        """Whether the ops' code can execute on ``device_type`` on this host."""
+        reason = isa_reason(device_type, cls.cpu_flags)
+        return reason is None, reason
+
+    @classmethod
+    def ops_reason(cls) -> tuple[bool, str | None]:
+        """``(True, None)`` once the ops are built and loaded, else ``(False, why)``."""
+        reason = cls.ops_unavailable()
+        return reason is None, reason
+
+
 def extension_build_dir(source: Path) -> Path:
     """Where ``source``'s build lives: one folder per Python, torch and hash of the source and headers."""
     import torch

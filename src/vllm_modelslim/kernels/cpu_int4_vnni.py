@@ -21,7 +21,12 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels.cpp_extension import isa_reason, load_cpu_ops, require_cpu_ops
+from vllm_modelslim.kernels.cpp_extension import (
+    CompiledCpuOpsMixin,
+    isa_reason,
+    load_cpu_ops,
+    require_cpu_ops,
+)
 
 SOURCE = "int4_vnni.cpp"
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni")
@@ -101,27 +106,13 @@ def pack_int4_vnni(weight: torch.Tensor) -> torch.Tensor:
     return packed.reshape(*lead, n // TILE_N, k // BLOCK_K, 64).contiguous()
 
 
-class CpuInt4VnniMixin:
-    """Kernel class attributes shared by the wrappers of these ops (put before the family's base class).
+class CpuInt4VnniMixin(CompiledCpuOpsMixin):
+    """:class:`~vllm_modelslim.kernels.cpp_extension.CompiledCpuOpsMixin` for these ops.
 
-    They run on CPU, keep the weight (packed int4) and its scales in their own
-    layout. ``is_supported`` checks the ISA only (:func:`int4_vnni_isa_reason`);
-    the subclass's ``can_implement`` ends with :meth:`ops_reason`, so the ops
-    are built only once a layer they could run asks for them.
+    They keep the weight (packed int4) and its scales in their own layout.
     """
 
-    device_types = frozenset({"cpu"})
+    cpu_flags = CPU_FLAGS
+    ops_unavailable = staticmethod(extension_unavailable)
     copies_weight = True
     copies_scales = True
-
-    @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        """Whether the ops' code can execute on ``device_type`` on this host."""
-        reason = int4_vnni_isa_reason(device_type)
-        return reason is None, reason
-
-    @staticmethod
-    def ops_reason() -> tuple[bool, str | None]:
-        """``(True, None)`` once the ops are built and loaded, else ``(False, why)``."""
-        reason = extension_unavailable()
-        return reason is None, reason

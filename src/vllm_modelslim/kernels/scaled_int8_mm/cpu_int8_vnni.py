@@ -22,8 +22,7 @@ from memory (6 weight copies cycled) against 0.41–0.64 ms; M = 8, 0.26–0.31
 against 0.29–0.33 ms; M = 512, 16.4–17.1 against 16.8–16.9 ms (both near one
 ``vpdpbusd`` per cycle); M = 16 / 32 / 64 / 128, 0.86 / 1.38 / 2.28 / 4.18 ms
 against 0.74 / 1.21 / 2.15 / 3.99 ms from memory (equal with the weight in
-cache). The full
-model's W8A8 static decode went from about 42 to 56 tok/s. Per-channel scales
+cache). The full model's W8A8 static decode went from about 42 to 56 tok/s. Per-channel scales
 only; K and N multiples of 16; needs AVX512F/BW/VL and AVX512-VNNI.
 """
 
@@ -31,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels.cpp_extension import isa_reason, load_cpu_ops, require_cpu_ops
+from vllm_modelslim.kernels.cpp_extension import CompiledCpuOpsMixin, load_cpu_ops, require_cpu_ops
 from vllm_modelslim.kernels.scaled_int8_mm.base import (
     ScaledInt8MMConfig,
     ScaledInt8MMKernel,
@@ -78,7 +77,7 @@ def wrap_int32(values: torch.Tensor) -> torch.Tensor:
     return (((values + 2**31) % 2**32) - 2**31).to(torch.int32)
 
 
-class CpuInt8VnniScaledInt8MM(ScaledInt8MMKernel):
+class CpuInt8VnniScaledInt8MM(CompiledCpuOpsMixin, ScaledInt8MMKernel):
     """The project's ``int8_vnni_gemm`` (CPU with AVX512-VNNI), with or without an int32 bias.
 
     Holds the packed weight int8 ``[N/16, K/4, 64]``, ``weight_scale`` float32
@@ -87,13 +86,9 @@ class CpuInt8VnniScaledInt8MM(ScaledInt8MMKernel):
     """
 
     name = "cpu_int8_vnni"
-    device_types = frozenset({"cpu"})
+    cpu_flags = CPU_FLAGS
+    ops_unavailable = staticmethod(ops_unavailable)
     copies_weight = True
-
-    @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        reason = isa_reason(device_type, CPU_FLAGS)
-        return reason is None, reason
 
     @classmethod
     def can_implement(cls, config: ScaledInt8MMConfig) -> tuple[bool, str | None]:
@@ -101,11 +96,10 @@ class CpuInt8VnniScaledInt8MM(ScaledInt8MMKernel):
             return False, "per-group weight scales are not supported"
         if config.in_features % 16 or config.out_features % TILE_N:
             return False, "K and N must be multiples of 16"
-        reason = ops_unavailable()
-        return (False, reason) if reason else (True, None)
+        return cls.ops_reason()
 
     def __init__(self, config, weight, weight_scale, int_bias=None):
-        require_cpu_ops(ops_unavailable())
+        require_cpu_ops(self.ops_unavailable())
         super().__init__(config, weight, weight_scale, int_bias)
         compensation = 128 * weight_row_sums(self.weight)
         if self.int_bias is not None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from vllm_modelslim.kernels.cpp_extension import isa_reason, load_cpu_ops, require_cpu_ops
+from vllm_modelslim.kernels.cpp_extension import CompiledCpuOpsMixin, load_cpu_ops, require_cpu_ops
 from vllm_modelslim.kernels.cpu_int4_vnni import BLOCK_K, TILE_N, pack_int4_vnni
 from vllm_modelslim.kernels.float_gemm import gemm_by_blocks
 from vllm_modelslim.kernels.row_dispatch import RowDispatchMixin
@@ -69,7 +69,7 @@ def ops_unavailable() -> str | None:
     return load_cpu_ops(SOURCE, COMPILER_FLAGS, fakes)
 
 
-class Avx512Bf16WeightOnlyInt4(RowDispatchMixin, WeightOnlyKernel):
+class Avx512Bf16WeightOnlyInt4(CompiledCpuOpsMixin, RowDispatchMixin, WeightOnlyKernel):
     """``int4_bf16_linear`` (few rows) / ``int4_bf16_dequant`` + bf16 GEMM (many rows), bf16 activations.
 
     Keeps ``weight`` packed uint8 ``[N/16, K/8, 64]``, ``weight_scale`` and
@@ -77,14 +77,10 @@ class Avx512Bf16WeightOnlyInt4(RowDispatchMixin, WeightOnlyKernel):
     """
 
     name = "cpu_int4_avx512bf16"
-    device_types = frozenset({"cpu"})
+    cpu_flags = CPU_FLAGS
+    ops_unavailable = staticmethod(ops_unavailable)
     copies_weight = True
     copies_scales = True
-
-    @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        reason = isa_reason(device_type, CPU_FLAGS)
-        return reason is None, reason
 
     @classmethod
     def can_implement(cls, config: WeightOnlyConfig) -> tuple[bool, str | None]:
@@ -96,11 +92,10 @@ class Avx512Bf16WeightOnlyInt4(RowDispatchMixin, WeightOnlyKernel):
             return False, f"N = {config.out_features} is not a multiple of {TILE_N}"
         if config.group_size % BLOCK_K:
             return False, f"group size {config.group_size} is not a multiple of {BLOCK_K}"
-        reason = ops_unavailable()
-        return (False, reason) if reason else (True, None)
+        return cls.ops_reason()
 
     def __init__(self, config, weight, weight_scale, zero_point):
-        require_cpu_ops(ops_unavailable())
+        require_cpu_ops(self.ops_unavailable())
         super().__init__(config, weight, weight_scale, zero_point)
         n, groups = config.out_features, config.in_features // config.group_size
         self.weight = pack_int4_vnni(self.weight)

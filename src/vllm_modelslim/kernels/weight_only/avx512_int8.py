@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vllm_modelslim.kernels.cpp_extension import isa_reason, load_cpu_ops, require_cpu_ops
+from vllm_modelslim.kernels.cpp_extension import CompiledCpuOpsMixin, load_cpu_ops, require_cpu_ops
 from vllm_modelslim.kernels.row_dispatch import MANY_ROWS_FROM
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig
 from vllm_modelslim.kernels.weight_only.int8pack import Int8PackWeightOnlyInt8
@@ -50,7 +50,7 @@ def ops_unavailable() -> str | None:
     return load_cpu_ops(SOURCE, COMPILER_FLAGS, {"vllm_modelslim::int8_weight_linear": _fake})
 
 
-class Avx512WeightOnlyInt8(Int8PackWeightOnlyInt8):
+class Avx512WeightOnlyInt8(CompiledCpuOpsMixin, Int8PackWeightOnlyInt8):
     """The project's ``int8_weight_linear`` (few rows), :class:`Int8PackWeightOnlyInt8`'s block GEMM (many).
 
     bf16 or float32 activations, per-channel scales and zero points kept as ``[N]`` float32.
@@ -61,18 +61,12 @@ class Avx512WeightOnlyInt8(Int8PackWeightOnlyInt8):
     ops_unavailable = staticmethod(ops_unavailable)
 
     @classmethod
-    def is_supported(cls, device_type: str) -> tuple[bool, str | None]:
-        reason = isa_reason(device_type, cls.cpu_flags)
-        return reason is None, reason
-
-    @classmethod
     def can_implement(cls, config: WeightOnlyConfig) -> tuple[bool, str | None]:
         if config.bits != 8 or not config.per_channel:
             return False, "per-channel int8 weights only"
         if config.act_dtype not in (torch.bfloat16, torch.float32):
             return False, f"bf16 or float32 activations only, not {config.act_dtype}"
-        reason = cls.ops_unavailable()
-        return (False, reason) if reason else (True, None)
+        return cls.ops_reason()
 
     def __init__(self, config, weight, weight_scale, zero_point):
         require_cpu_ops(self.ops_unavailable())

@@ -78,6 +78,7 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
     name = "cpu_int8_vnni_w8a16"
     cpu_flags = CPU_FLAGS
     ops_unavailable = staticmethod(ops_unavailable)
+    copies_weight = True  # its own layout, whatever the padding
 
     @classmethod
     def can_implement(cls, config: WeightOnlyConfig) -> tuple[bool, str | None]:
@@ -91,7 +92,6 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
     def __init__(self, config, weight, weight_scale, zero_point):
         super().__init__(config, weight, weight_scale, zero_point)
         self.weight = pack_int8_vnni(self.weight).view(torch.uint8) ^ 0x80  # u = q + 128
-        self.copies_weight = True
         self.many_rows_from = MANY_ROWS_FROM
 
     def forward_few_rows(self, x, bias):  # noqa: D102
@@ -105,9 +105,8 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
         )
 
     def weight_t_block(self, cols: slice, scratch: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        k_padded = self.weight.shape[1] * 4
-        out = scratch.view(k_padded, cols.stop - cols.start) if self.k_pad == 0 else None
-        if out is None:  # padded K: unpack into a fresh buffer, hand out the first K rows
-            out = torch.empty(k_padded, cols.stop - cols.start, dtype=scratch.dtype)
+        shape = (self.weight.shape[1] * 4, cols.stop - cols.start)  # [K_pad, columns]
+        # the scratch holds K × columns: with padded K, unpack into a fresh buffer and hand out K rows
+        out = torch.empty(shape, dtype=scratch.dtype) if self.k_pad else scratch.view(shape)
         torch.ops.vllm_modelslim.int8_weight_vnni_unpack(self.weight, cols.start, cols.stop, out)
         return out[: self.config.in_features]
