@@ -86,15 +86,16 @@ WEIGHT_ONLY_ROUNDING = {
     ("int8", "cpu_int8pack"): WeightOnlyRounding(raw_product=True),
     # few rows: float32 products and sums; many rows: cpu_int8pack's block GEMM (raw product in bf16)
     ("int8", "cpu_int8_avx512"): WeightOnlyRounding(raw_product=True),
-    # few rows: exact limbs, float32 sums (test_kernels_weight_only_int8_vnni holds them to the
-    # reference's bound); many rows: the inherited block GEMM (raw product in bf16)
+    # few rows: exact limbs, float32 sums; many rows: the bf16 panel GEMM (exact products, float32
+    # sums) on AVX512-BF16 CPUs (test_kernels_weight_only_int8_vnni holds both to the reference's
+    # bound), else the inherited block GEMM (raw product in bf16 where that GEMM is bf16)
     ("int8", "cpu_int8_vnni_w8a16"): WeightOnlyRounding(raw_product=True),
     ("int4", "reference"): WeightOnlyRounding(),
     ("int4", "dequant_matmul"): WeightOnlyRounding(weight=True),
     ("int4", "cpu_int4pack"): WeightOnlyRounding(weight=True, scale_and_zero=True, before_bias=True),
-    # many rows: W rounded to bf16 for the GEMM, x·Wᵀ rounded before the bias; few rows: neither
-    # (test_kernels_int4_bf16 holds that path to the reference's bound)
-    ("int4", "cpu_int4_avx512bf16"): WeightOnlyRounding(weight=True, before_bias=True),
+    # many rows: W rounded to bf16 for the panel GEMM (float32 sums and bias, one rounding); few
+    # rows: not even that (test_kernels_int4_bf16 holds that path to the reference's bound)
+    ("int4", "cpu_int4_avx512bf16"): WeightOnlyRounding(weight=True),
 }
 
 

@@ -1,10 +1,11 @@
 """The project's W4A16 AVX-512 BF16 kernel (``cpu_int4_avx512bf16``) against the float64 reference.
 
 The few-rows op forms every bf16 × int4 product exactly in float32 and rounds only its output, so it
-is held to the reference's own bound (no weight, scale or pre-bias rounding); the many-rows path
-(the weight dequantized to bf16 for oneDNN's GEMM) to the roundings it declares in ``kernel_bounds``.
-Both read the project's packed int4 layout: a slip in the nibble order, the activation reordering,
-a group boundary or a zero point fails here.
+is held to the reference's own bound (no weight, scale or pre-bias rounding); the many-rows op (the
+weight dequantized to bf16 panel by panel for its vdpbf16ps GEMM) to the weight rounding it declares
+in ``kernel_bounds``. Both read the project's packed int4 layout: a slip in the nibble order, the
+activation reordering, a group boundary, a zero point, a partial strip of channels, a chunk of K or
+a block of rows fails here.
 """
 
 import pytest
@@ -50,8 +51,9 @@ def test_few_rows_round_only_the_output(m, n, k, group, zero_point):
 
 @needs_kernel
 @pytest.mark.parametrize("m", [BF16_MANY_ROWS_FROM, 70])
-@pytest.mark.parametrize("n,k,group", [(528, 256, 64), (32, 96, 32)])  # 528: a 512-column block and a rest
-def test_many_rows_round_the_weight_to_bf16(m, n, k, group):
+# 528: eight strips of 64 channels and one of 16; K = 1280: panels of 512, 512 and 256 k
+@pytest.mark.parametrize("n,k,group", [(528, 256, 64), (32, 96, 32), (80, 1280, 128)])
+def test_many_rows_round_only_the_weight_to_bf16(m, n, k, group):
     assert WEIGHT_ONLY_ROUNDING[("int4", KERNEL)].weight  # what this path's bound adds
     x, q, scale, zp, bias = int4_case(m, n, k, group, True, torch.bfloat16, seed=m)
     kernel = make(q, scale, zp)
@@ -62,13 +64,15 @@ def test_many_rows_round_the_weight_to_bf16(m, n, k, group):
 
 
 @needs_kernel
-def test_the_dequantized_weight_is_q_minus_z_times_s_rounded_once():
-    _, q, scale, zp, _ = int4_case(1, 48, 128, 32, True, torch.bfloat16, seed=4)
+def test_the_panel_weight_is_q_minus_z_times_s_rounded_once():
+    """Rows of the identity pick single weights: y[m, n] = bf16((q − z)·s)[n, m], bit for bit."""
+    n, k, group = 80, 640, 64  # a strip of 64 channels and one of 16; panels of 512 and 128 k
+    _, q, scale, zp, _ = int4_case(1, n, k, group, True, torch.bfloat16, seed=4)
     scale = scale * 1.37  # arbitrary float32 scales: one rounding of (q − z)·s, not of s or z·s
     kernel = make(q, scale, zp)
-    got = kernel._dequantized_t(slice(16, 48), torch.empty(128 * 32, dtype=torch.bfloat16))
-    expected = (q.double() - zp.repeat_interleave(32, 1)) * scale.repeat_interleave(32, 1)
-    assert torch.equal(got, expected[16:48].T.float().to(torch.bfloat16))
+    got = kernel.forward_many_rows(torch.eye(k, dtype=torch.bfloat16), None)
+    expected = (q.double() - zp.repeat_interleave(group, 1)) * scale.repeat_interleave(group, 1)
+    assert torch.equal(got, expected.T.float().to(torch.bfloat16))
 
 
 @needs_kernel

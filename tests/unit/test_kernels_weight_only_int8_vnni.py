@@ -2,9 +2,11 @@
 
 Few rows: every bf16 activation row is split into four exact int8 limbs and multiplied by the int8
 weight in exact int32 sums, so the op is held to the reference's own bound (float32 sums and
-epilogue, one rounding), also on rows whose values span many binades; many rows: the inherited
-block GEMM over unpacked blocks, to the bound ``kernel_bounds`` declares. A slip in the limb
-split, the packing, the ``128·Σ a`` correction, the zero point or a row block fails here.
+epilogue, one rounding), also on rows whose values span many binades; many rows: on AVX512-BF16
+CPUs the bf16 panel GEMM (q exact in bf16, exact products, float32 sums), held to the same bound,
+elsewhere the inherited block GEMM over unpacked blocks, to the bound ``kernel_bounds`` declares. A
+slip in the limb split, the packing, the ``128·Σ a`` correction, the zero point, a partial strip of
+channels, a chunk of K or a row block fails here.
 """
 
 import pytest
@@ -19,7 +21,12 @@ from vllm_modelslim.kernels.weight_only import (
     WeightOnlyConfig,
     make_weight_only_int8,
 )
-from vllm_modelslim.kernels.weight_only.avx512_vnni_int8 import MANY_ROWS_FROM, ops_unavailable
+from vllm_modelslim.kernels.weight_only.avx512_vnni_int8 import (
+    BF16_GEMM_MANY_ROWS_FROM,
+    MANY_ROWS_FROM,
+    bf16_gemm_unavailable,
+    ops_unavailable,
+)
 
 ISA_MISSING = Avx512VnniWeightOnlyInt8.is_supported("cpu")[1]
 WHY_NOT = ISA_MISSING or ops_unavailable()  # the ISA, then the C++ build
@@ -32,7 +39,7 @@ def make(w_q, scale, zp):
 
 
 @needs_kernel
-@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, MANY_ROWS_FROM - 1])
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 9, BF16_GEMM_MANY_ROWS_FROM - 1, MANY_ROWS_FROM - 1])
 @pytest.mark.parametrize("k,n", [(16, 16), (256, 64), (2048, 48), (100, 32)])  # K = 100: padded to 112
 @pytest.mark.parametrize("zero_point", ["none", "mixed"])
 def test_few_rows_round_only_the_output(m, k, n, zero_point):
@@ -41,7 +48,8 @@ def test_few_rows_round_only_the_output(m, k, n, zero_point):
     got = kernel.forward_few_rows(x, bias)
     assert got.dtype == torch.bfloat16 and got.shape == (m, n)
     assert_within(got, *weight_only_expectation("int8", "reference", x, w_q, scale, zp, bias))
-    assert torch.equal(kernel(x, bias), got)  # below the threshold the dispatch takes this path
+    if m < kernel.many_rows_from:
+        assert torch.equal(kernel(x, bias), got)  # below the threshold the dispatch takes this path
     assert_within(kernel(x, None), *weight_only_expectation("int8", "reference", x, w_q, scale, zp, None))
 
 
@@ -65,14 +73,32 @@ def test_rows_spanning_many_binades_zero_rows_and_non_finite_rows():
 
 
 @needs_kernel
-@pytest.mark.parametrize("m", [MANY_ROWS_FROM, 70])
-@pytest.mark.parametrize("k,n", [(256, 544), (100, 32)])  # 544: a 512-column block and a rest
-def test_many_rows_use_the_block_gemm(m, k, n):
+@pytest.mark.parametrize("m", [BF16_GEMM_MANY_ROWS_FROM, MANY_ROWS_FROM, 70])
+# 544: eight strips of 64 channels and one of 32; K = 1100, padded to 1104: panels of 512, 512, 80 k
+@pytest.mark.parametrize("k,n", [(256, 544), (100, 32), (1100, 80)])
+def test_many_rows(m, k, n):
     x, w_q, scale, zp, bias = case(m, k, n, "mixed", torch.bfloat16, seed=m)
     kernel = make(w_q, scale, zp)
-    got = kernel(x, bias)
-    assert torch.equal(got, kernel.forward_many_rows(x, bias))
-    assert_within(got, *weight_only_expectation("int8", KERNEL, x, w_q, scale, zp, bias))
+    got = kernel.forward_many_rows(x, bias)
+    if m >= kernel.many_rows_from:
+        assert torch.equal(got, kernel(x, bias))
+    # the panel GEMM rounds nothing but the output: the reference's own bound
+    bound_of = "reference" if kernel.bf16_gemm else KERNEL
+    assert_within(got, *weight_only_expectation("int8", bound_of, x, w_q, scale, zp, bias))
+
+
+@pytest.mark.skipif(
+    WHY_NOT is not None or bf16_gemm_unavailable() is not None,
+    reason=f"int8_weight_bf16_gemm: {WHY_NOT or bf16_gemm_unavailable()}",
+)
+def test_the_panel_gemm_runs_many_rows_where_the_cpu_has_avx512_bf16():
+    x, w_q, scale, zp, bias = case(BF16_GEMM_MANY_ROWS_FROM, 256, 64, "mixed", torch.bfloat16, seed=3)
+    kernel = make(w_q, scale, zp)
+    assert kernel.bf16_gemm and kernel.many_rows_from == BF16_GEMM_MANY_ROWS_FROM
+    want = torch.ops.vllm_modelslim.int8_weight_bf16_gemm(
+        x, kernel.weight, kernel.weight_scale, kernel.zero_point, bias.float()
+    )
+    assert torch.equal(kernel(x, bias), want)
 
 
 @needs_kernel
@@ -103,7 +129,7 @@ def test_traced_with_a_symbolic_row_count():
     x, w_q, scale, zp, bias = case(1, 128, 32, "mixed", torch.bfloat16)
     kernel = make(w_q, scale, zp)
     compiled = torch.compile(lambda x: kernel(x, bias), dynamic=True, fullgraph=True)
-    for rows in (1, 5, MANY_ROWS_FROM + 3):
+    for rows in (1, 5, BF16_GEMM_MANY_ROWS_FROM + 3, MANY_ROWS_FROM + 3):
         x = torch.randn(rows, 128, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
         assert torch.equal(compiled(x), kernel(x, bias))
 

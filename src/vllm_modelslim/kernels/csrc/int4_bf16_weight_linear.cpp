@@ -10,8 +10,8 @@
 // and the scale in float32; the result is rounded once to bf16. A decode step reads half a byte
 // per weight.
 //
-// int4_bf16_dequant (many rows): W = (q − z)·s in float32, rounded once to bf16, written as Wᵀ
-// [K, columns] for a bf16 GEMM.
+// int4_bf16_gemm (many rows): W = (q − z)·s in float32, rounded once to bf16, one 64 × 512 panel at
+// a time in cache, multiplied by the bf16 panel GEMM (bf16_panel_gemm.h).
 //
 // Weight layout: the project's int4 layout (cpu_int4_vnni.pack_int4_vnni), uint8 [N/16, K/8, 16, 4]:
 // byte (tile, kb, j, t) holds u = q + 8 of channel 16·tile + j at k = 8·kb + t in its low nibble
@@ -32,6 +32,8 @@
 #include <vector>
 
 #include "avx512_vectors.h"
+#include "bf16_panel_gemm.h"
+#include "op_checks.h"
 
 namespace {
 
@@ -162,10 +164,7 @@ at::Tensor int4_bf16_linear(const at::Tensor& x, const at::Tensor& weight, const
   const int64_t m_size = x.size(0), k_size = x.size(1);
   check_weight(weight, scale, zero_point, k_size, group_size);
   const int64_t n_size = weight.size(0) * kTileN;
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n_size,
-                "bias must be a contiguous float32 [N] tensor");
-  }
+  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
   auto y = at::empty({m_size, n_size}, x.options());
   if (m_size == 0) return y;
   const int64_t groups = k_size / group_size;
@@ -191,46 +190,53 @@ at::Tensor int4_bf16_linear(const at::Tensor& x, const at::Tensor& weight, const
   return y;
 }
 
-// Wᵀ[:, col_start : col_stop) of the packed weight as bf16, written into out (bf16 [K, col_stop −
-// col_start], contiguous): W = (q − z)·s in float32, rounded once. Columns are whole tiles.
-void int4_bf16_dequant(const at::Tensor& weight, const at::Tensor& scale, const c10::optional<at::Tensor>& zero_point,
-                       int64_t group_size, int64_t col_start, int64_t col_stop, const at::Tensor& out) {
-  const int64_t k_size = weight.size(1) * kBlockK;
+// The same product for many rows: W = (q − z)·s in float32, rounded once to bf16, dequantized 64
+// channels × 512 k at a time into a panel in cache and multiplied by vdpbf16ps (bf16_panel_gemm.h);
+// float32 sums, bias added in float32, rounded once. Arguments as int4_bf16_linear; returns bf16 [M, N].
+at::Tensor int4_bf16_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                          const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
+                          int64_t group_size) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x must be a contiguous bf16 [M, K] tensor");
+  const int64_t m_size = x.size(0), k_size = x.size(1);
   check_weight(weight, scale, zero_point, k_size, group_size);
   const int64_t n_size = weight.size(0) * kTileN;
-  TORCH_CHECK(col_start % kTileN == 0 && col_stop % kTileN == 0 && 0 <= col_start && col_start < col_stop &&
-                  col_stop <= n_size,
-              "columns must be whole 16-channel tiles within N");
-  const int64_t cols = col_stop - col_start;
-  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.numel() == k_size * cols,
-              "out must be a contiguous bf16 buffer of K × columns elements");
+  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
+  auto y = at::empty({m_size, n_size}, x.options());
+  if (m_size == 0) return y;
   const uint8_t* w = weight.data_ptr<uint8_t>();
   const float* s = scale.data_ptr<float>();
   const float* z = zero_point.has_value() ? zero_point->data_ptr<float>() : nullptr;
-  at::BFloat16* o = out.data_ptr<at::BFloat16>();
   const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
-  const __m512i low4 = _mm512_set1_epi32(0xF);
-  at::parallel_for(col_start / kTileN, col_stop / kTileN, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n0 = tile * kTileN;
-      at::BFloat16* column = o + (n0 - col_start);
-      for (int64_t g = 0; g < k_size / group_size; ++g) {
-        const __m512 sv = _mm512_loadu_ps(s + g * n_size + n0);
+  auto fill_panel = [&](int64_t n0, int tiles, int64_t k0, int64_t k1, uint32_t* panel) {
+    const __m512i low4 = _mm512_set1_epi32(0xF);
+    for (int ti = 0; ti < tiles; ++ti) {
+      const int64_t n = n0 + kTileN * ti;
+      const uint8_t* tile = w + n / kTileN * tile_bytes;
+      for (int64_t k = k0; k < k1; k += kBlockK) {
+        const int64_t g = k / group_size;
+        const __m512 sv = _mm512_loadu_ps(s + g * n_size + n);
         __m512 offset = _mm512_set1_ps(8.0f);  // u − 8 − z = q − z
-        if (z != nullptr) offset = _mm512_add_ps(offset, _mm512_loadu_ps(z + g * n_size + n0));
-        for (int64_t kb = g * group_size / kBlockK; kb < (g + 1) * group_size / kBlockK; ++kb) {
-          const __m512i v = _mm512_loadu_si512(w + tile * tile_bytes + kb * kBlockBytes);
+        if (z != nullptr) offset = _mm512_add_ps(offset, _mm512_loadu_ps(z + g * n_size + n));
+        const __m512i v = _mm512_loadu_si512(tile + k / kBlockK * kBlockBytes);
+        for (int half = 0; half < 2; ++half) {
+          __m512 value[4];
           for (int t = 0; t < 4; ++t) {
-            for (int half = 0; half < 2; ++half) {
-              const __m512i u = _mm512_and_si512(_mm512_srli_epi32(v, 8 * t + 4 * half), low4);
-              const __m512 value = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(u), offset), sv);
-              store16(column + (kb * kBlockK + 4 * half + t) * cols, value);
-            }
+            const __m512i u = _mm512_and_si512(_mm512_srli_epi32(v, 8 * t + 4 * half), low4);
+            value[t] = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(u), offset), sv);
           }
+          uint32_t* pair = panel + (k + 4 * half - k0) / 2 * vllm_modelslim::kPanelWidth + kTileN * ti;
+          _mm512_storeu_si512(pair, vllm_modelslim::bf16_pairs(value[0], value[1]));
+          _mm512_storeu_si512(pair + vllm_modelslim::kPanelWidth, vllm_modelslim::bf16_pairs(value[2], value[3]));
         }
       }
     }
-  });
+  };
+  vllm_modelslim::PanelEpilogue epilogue;
+  epilogue.bias = bias.has_value() ? bias->data_ptr<float>() : nullptr;
+  vllm_modelslim::dequant_panel_gemm(x.data_ptr<at::BFloat16>(), m_size, k_size, n_size, fill_panel, epilogue,
+                                     y.data_ptr<at::BFloat16>());
+  return y;
 }
 
 TORCH_LIBRARY_FRAGMENT(vllm_modelslim, m) {
@@ -238,11 +244,11 @@ TORCH_LIBRARY_FRAGMENT(vllm_modelslim, m) {
       "int4_bf16_linear(Tensor x, Tensor weight, Tensor scale, Tensor? zero_point, Tensor? bias, int group_size) "
       "-> Tensor");
   m.def(
-      "int4_bf16_dequant(Tensor weight, Tensor scale, Tensor? zero_point, int group_size, int col_start, "
-      "int col_stop, Tensor(a!) out) -> ()");
+      "int4_bf16_gemm(Tensor x, Tensor weight, Tensor scale, Tensor? zero_point, Tensor? bias, int group_size) "
+      "-> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vllm_modelslim, CPU, m) {
   m.impl("int4_bf16_linear", &int4_bf16_linear);
-  m.impl("int4_bf16_dequant", &int4_bf16_dequant);
+  m.impl("int4_bf16_gemm", &int4_bf16_gemm);
 }

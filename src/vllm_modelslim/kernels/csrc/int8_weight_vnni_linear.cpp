@@ -187,9 +187,7 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sca
 }
 
 void check_weight(const at::Tensor& weight, int64_t k_size) {
-  TORCH_CHECK(weight.dim() == 3 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
-                  weight.size(1) * kBlockK == k_size && weight.size(2) == kBlockBytes,
-              "weight must be the contiguous packed uint8 [N/16, K/4, 64] int8 weight of K inputs");
+  vllm_modelslim::check_packed_weight(weight, k_size, kBlockK, "the contiguous packed uint8 [N/16, K/4, 64] int8 weight");
 }
 
 // Groups of kUnpackTiles tiles: each k row of a group is 64 (bf16) or 128 (float32) contiguous bytes,

@@ -10,9 +10,13 @@ conversion instructions per 16 weights). Exactness: an activation whose lowest
 bit is at or above ``2^(E−27)`` (``2^E ≤ max |x| < 2^(E+1)`` of its row; every
 bf16 value within ``2^−20`` of the row maximum) is represented exactly,
 smaller ones to within ``2^(E−28)``; the four sums are added in float32 and the
-epilogue ``(Σ − z·Σ_k x)·s + b`` is float32, rounded once. For many rows
-``int8_weight_vnni_unpack`` writes ``w_q`` (exact) block by block for the
-inherited block GEMM and epilogue.
+epilogue ``(Σ − z·Σ_k x)·s + b`` is float32, rounded once. For many rows on
+an AVX512-BF16 CPU, ``int8_weight_bf16_gemm``
+(``kernels/csrc/int8_weight_bf16_gemm.cpp``) writes ``w_q`` (exact in bf16)
+64 channels × 512 k at a time into a panel in cache and multiplies every row
+with it by ``vdpbf16ps`` (``kernels/csrc/bf16_panel_gemm.h``; float32 sums and
+epilogue, one rounding); elsewhere ``int8_weight_vnni_unpack`` writes ``w_q``
+block by block for the inherited float32 block GEMM and epilogue.
 
 The weight is kept only in the op's layout, uint8 ``[N/16, K/4, 64]`` of
 ``q + 128`` (one byte per weight). bf16 activations (float32 layers keep
@@ -36,6 +40,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vllm_modelslim.kernels import platform as cpu_platform
 from vllm_modelslim.kernels.cpp_extension import load_cpu_ops
 from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import TILE_N, pack_int8_vnni
 from vllm_modelslim.kernels.weight_only.avx512_int8 import Avx512WeightOnlyInt8
@@ -46,9 +51,16 @@ CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni")
 """x86 flags the compiled code executes."""
 COMPILER_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx512vnni")
 MANY_ROWS_FROM = 40
-"""Smallest M of the unpack + bf16 block GEMM path: the measured crossover (2-core AMD EPYC with
-AVX512-VNNI and AVX512-BF16, 2 threads, K = 2048, N = 6144: op 4.4 / 6.3 ms, blocks 4.5 / 5.4 ms at
-M = 32 / 48)."""
+"""Smallest M of the many-rows path (measured crossover of the unpack + block GEMM path on a 2-core AMD
+EPYC with AVX512-VNNI and AVX512-BF16, 2 threads, K = 2048, N = 6144: op 4.4 / 6.3 ms, blocks 4.5 /
+5.4 ms at M = 32 / 48)."""
+BF16_GEMM_SOURCE = "int8_weight_bf16_gemm.cpp"
+BF16_GEMM_CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
+BF16_GEMM_COMPILER_FLAGS = ("-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16")
+BF16_GEMM_MANY_ROWS_FROM = 12
+"""Smallest M of ``int8_weight_bf16_gemm``: the measured crossover with the few-rows op (same host,
+2 threads; K = 2048 / N = 6144 and K = 6144 / N = 2048: op 1.06 / 1.10 ms, panel GEMM 1.49 / 1.55 ms
+at M = 8; op 1.65 / 2.11 ms, panel GEMM 1.64 / 1.91 ms at M = 12)."""
 
 
 def _linear_fake(x, weight, scale, zero_point, bias):
@@ -58,6 +70,20 @@ def _linear_fake(x, weight, scale, zero_point, bias):
 
 def _unpack_fake(weight, col_start, col_stop, out):
     """``int8_weight_vnni_unpack`` writes ``out`` in place and returns nothing."""
+
+
+def _bf16_gemm_fake(x, weight, scale, zero_point, bias):
+    """Shape of ``int8_weight_bf16_gemm(x [M, K], weight uint8 [N/16, K/4, 64], ...)``: bf16 ``[M, N]``."""
+    return x.new_empty((x.shape[0], weight.shape[0] * TILE_N))
+
+
+def bf16_gemm_unavailable() -> str | None:
+    """Why ``int8_weight_bf16_gemm`` cannot run here (no AVX512-BF16, no build), or None once registered."""
+    missing = [flag for flag in BF16_GEMM_CPU_FLAGS if flag not in cpu_platform.cpu_flags()]
+    if missing:
+        return f"the CPU lacks {', '.join(missing)}"
+    fakes = {"vllm_modelslim::int8_weight_bf16_gemm": _bf16_gemm_fake}
+    return load_cpu_ops(BF16_GEMM_SOURCE, BF16_GEMM_COMPILER_FLAGS, fakes)
 
 
 def ops_unavailable() -> str | None:
@@ -70,7 +96,7 @@ def ops_unavailable() -> str | None:
 
 
 class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
-    """``int8_weight_vnni_linear`` (few rows) / the inherited block GEMM over unpacked blocks (many rows).
+    """``int8_weight_vnni_linear`` (few rows) / ``int8_weight_bf16_gemm`` or the block GEMM (many rows).
 
     Keeps ``weight`` as uint8 ``[N/16, K_pad/4, 64]`` (``q + 128``), scales and zero points ``[N]``.
     """
@@ -92,11 +118,21 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
     def __init__(self, config, weight, weight_scale, zero_point):
         super().__init__(config, weight, weight_scale, zero_point)
         self.weight = pack_int8_vnni(self.weight).view(torch.uint8) ^ 0x80  # u = q + 128
-        self.many_rows_from = MANY_ROWS_FROM
+        self.bf16_gemm = self.many_rows_dtype == torch.bfloat16 and bf16_gemm_unavailable() is None
+        self.many_rows_from = BF16_GEMM_MANY_ROWS_FROM if self.bf16_gemm else MANY_ROWS_FROM
 
     def forward_few_rows(self, x, bias):  # noqa: D102
+        return self._forward(torch.ops.vllm_modelslim.int8_weight_vnni_linear, x, bias)
+
+    def forward_many_rows(self, x, bias):  # noqa: D102
+        if not self.bf16_gemm:
+            return super().forward_many_rows(x, bias)
+        return self._forward(torch.ops.vllm_modelslim.int8_weight_bf16_gemm, x, bias)
+
+    def _forward(self, op, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """``op(x padded to K_pad, weight, scale, zero_point, bias)``: ``[M, N]`` in x's dtype."""
         x_padded = F.pad(x, (0, self.k_pad)) if self.k_pad else x
-        return torch.ops.vllm_modelslim.int8_weight_vnni_linear(
+        return op(
             x_padded.contiguous(),
             self.weight,
             self.weight_scale,
