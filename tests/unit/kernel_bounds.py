@@ -93,9 +93,11 @@ WEIGHT_ONLY_ROUNDING = {
     ("int4", "reference"): WeightOnlyRounding(),
     ("int4", "dequant_matmul"): WeightOnlyRounding(weight=True),
     ("int4", "cpu_int4pack"): WeightOnlyRounding(weight=True, scale_and_zero=True, before_bias=True),
-    # many rows: W rounded to bf16 for the panel GEMM (float32 sums and bias, one rounding); few
-    # rows: not even that (test_kernels_int4_bf16 holds that path to the reference's bound)
-    ("int4", "cpu_int4_avx512bf16"): WeightOnlyRounding(weight=True),
+    # many rows: W rounded to bf16; on AMX CPUs (dequantized blocks, oneDNN's GEMM) x·Wᵀ also rounded
+    # before the bias; few rows: neither (test_kernels_int4_bf16 holds that path to the reference's bound)
+    ("int4", "cpu_int4_avx512bf16"): WeightOnlyRounding(weight=True, before_bias=True),
+    # its panel GEMM (CPUs without AMX): W rounded to bf16, float32 sums and bias, one rounding
+    ("int4", "bf16_panel_gemm"): WeightOnlyRounding(weight=True),
 }
 
 

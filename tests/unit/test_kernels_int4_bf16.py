@@ -1,11 +1,11 @@
 """The project's W4A16 AVX-512 BF16 kernel (``cpu_int4_avx512bf16``) against the float64 reference.
 
 The few-rows op forms every bf16 × int4 product exactly in float32 and rounds only its output, so it
-is held to the reference's own bound (no weight, scale or pre-bias rounding); the many-rows op (the
-weight dequantized to bf16 panel by panel for its vdpbf16ps GEMM) to the weight rounding it declares
-in ``kernel_bounds``. Both read the project's packed int4 layout: a slip in the nibble order, the
-activation reordering, a group boundary, a zero point, a partial strip of channels, a chunk of K or
-a block of rows fails here.
+is held to the reference's own bound (no weight, scale or pre-bias rounding); the many-rows path to
+the roundings declared in ``kernel_bounds``: the weight dequantized to bf16 panel by panel for its
+vdpbf16ps GEMM, or (AMX CPUs; it runs here too) block by block for oneDNN's GEMM. Both read the
+project's packed int4 layout: a slip in the nibble order, the activation reordering, a group
+boundary, a zero point, a partial strip of channels, a chunk of K or a block of rows fails here.
 """
 
 import pytest
@@ -14,6 +14,7 @@ from kernel_bounds import WEIGHT_ONLY_ROUNDING, assert_within, weight_only_expec
 from no_compiler import run_without_a_compiler
 from test_kernels_int4 import int4_case
 
+from vllm_modelslim.kernels.float_gemm import panel_gemm_preferred
 from vllm_modelslim.kernels.weight_only import (
     Avx512Bf16WeightOnlyInt4,
     WeightOnlyConfig,
@@ -50,26 +51,34 @@ def test_few_rows_round_only_the_output(m, n, k, group, zero_point):
 
 
 @needs_kernel
+@pytest.mark.parametrize("panel", [True, False], ids=["panel_gemm", "dequantized_blocks"])
 @pytest.mark.parametrize("m", [BF16_MANY_ROWS_FROM, 70])
-# 528: eight strips of 64 channels and one of 16; K = 1280: panels of 512, 512 and 256 k
+# 528: eight strips of 64 channels and one of 16 (one block of 512 and a rest); K = 1280: panels of
+# 512, 512 and 256 k
 @pytest.mark.parametrize("n,k,group", [(528, 256, 64), (32, 96, 32), (80, 1280, 128)])
-def test_many_rows_round_only_the_weight_to_bf16(m, n, k, group):
+def test_many_rows_round_the_weight_to_bf16(panel, m, n, k, group):
     assert WEIGHT_ONLY_ROUNDING[("int4", KERNEL)].weight  # what this path's bound adds
     x, q, scale, zp, bias = int4_case(m, n, k, group, True, torch.bfloat16, seed=m)
     kernel = make(q, scale, zp)
-    exact, bound = weight_only_expectation("int4", KERNEL, x, q, scale, zp, bias)
-    got = kernel(x, bias)
+    kernel.panel_gemm = panel  # the AMX CPUs' path (blocks for oneDNN) runs here too
+    exact, bound = weight_only_expectation(
+        "int4", "bf16_panel_gemm" if panel else KERNEL, x, q, scale, zp, bias
+    )
+    got = kernel.forward_many_rows(x, bias)
     assert_within(got, exact, bound)
-    assert torch.equal(got, kernel.forward_many_rows(x, bias))
+    if panel == panel_gemm_preferred():
+        assert torch.equal(got, kernel(x, bias))
 
 
 @needs_kernel
-def test_the_panel_weight_is_q_minus_z_times_s_rounded_once():
+@pytest.mark.parametrize("panel", [True, False], ids=["panel_gemm", "dequantized_blocks"])
+def test_the_many_rows_weight_is_q_minus_z_times_s_rounded_once(panel):
     """Rows of the identity pick single weights: y[m, n] = bf16((q − z)·s)[n, m], bit for bit."""
     n, k, group = 80, 640, 64  # a strip of 64 channels and one of 16; panels of 512 and 128 k
     _, q, scale, zp, _ = int4_case(1, n, k, group, True, torch.bfloat16, seed=4)
     scale = scale * 1.37  # arbitrary float32 scales: one rounding of (q − z)·s, not of s or z·s
     kernel = make(q, scale, zp)
+    kernel.panel_gemm = panel
     got = kernel.forward_many_rows(torch.eye(k, dtype=torch.bfloat16), None)
     expected = (q.double() - zp.repeat_interleave(group, 1)) * scale.repeat_interleave(group, 1)
     assert torch.equal(got, expected.T.float().to(torch.bfloat16))

@@ -73,17 +73,21 @@ def test_rows_spanning_many_binades_zero_rows_and_non_finite_rows():
 
 
 @needs_kernel
+@pytest.mark.parametrize("panel", [True, False], ids=["panel_gemm", "unpacked_blocks"])
 @pytest.mark.parametrize("m", [BF16_GEMM_MANY_ROWS_FROM, MANY_ROWS_FROM, 70])
 # 544: eight strips of 64 channels and one of 32; K = 1100, padded to 1104: panels of 512, 512, 80 k
 @pytest.mark.parametrize("k,n", [(256, 544), (100, 32), (1100, 80)])
-def test_many_rows(m, k, n):
+def test_many_rows(panel, m, k, n):
+    if panel and bf16_gemm_unavailable() is not None:
+        pytest.skip(f"int8_weight_bf16_gemm: {bf16_gemm_unavailable()}")
     x, w_q, scale, zp, bias = case(m, k, n, "mixed", torch.bfloat16, seed=m)
     kernel = make(w_q, scale, zp)
+    chosen, kernel.bf16_gemm = kernel.bf16_gemm, panel  # the other CPUs' path (blocks) runs here too
     got = kernel.forward_many_rows(x, bias)
-    if m >= kernel.many_rows_from:
+    if panel == chosen and m >= kernel.many_rows_from:
         assert torch.equal(got, kernel(x, bias))
     # the panel GEMM rounds nothing but the output: the reference's own bound
-    bound_of = "reference" if kernel.bf16_gemm else KERNEL
+    bound_of = "reference" if panel else KERNEL
     assert_within(got, *weight_only_expectation("int8", bound_of, x, w_q, scale, zp, bias))
 
 

@@ -57,6 +57,20 @@ def many_rows_gemm_dtype(act_dtype: torch.dtype) -> torch.dtype:
     return torch.float32
 
 
+def panel_gemm_preferred() -> bool:
+    """True where the weight-only kernels' own bf16 panel GEMM replaces dequantize + oneDNN's bf16 GEMM.
+
+    That GEMM (``kernels/csrc/bf16_panel_gemm.h``) dequantizes the weight panel
+    by panel in cache and multiplies with AVX512-BF16 ``vdpbf16ps``: at M = 512
+    it ran at 0.95–0.97× of vLLM's prepacked oneDNN GEMM of the unquantized
+    weight, where dequantize-by-blocks + torch's GEMM ran at 0.77–0.85×
+    (2-core AMD EPYC with AVX512-BF16). On CPUs with AMX tiles oneDNN's bf16
+    GEMM runs on the tiles, which ``vdpbf16ps`` cannot match, so there the
+    blocks stay (not measured: no AMX host was available).
+    """
+    return not cpu_platform.cpu_has_amx_tiles()
+
+
 def gemm_by_blocks(
     x: torch.Tensor,
     weight_t_block: Callable[[slice, torch.Tensor], torch.Tensor],

@@ -10,8 +10,11 @@
 // and the scale in float32; the result is rounded once to bf16. A decode step reads half a byte
 // per weight.
 //
-// int4_bf16_gemm (many rows): W = (q − z)·s in float32, rounded once to bf16, one 64 × 512 panel at
-// a time in cache, multiplied by the bf16 panel GEMM (bf16_panel_gemm.h).
+// int4_bf16_gemm (many rows, CPUs without AMX): W = (q − z)·s in float32, rounded once to bf16, one
+// 64 × 512 panel at a time in cache, multiplied by the bf16 panel GEMM (bf16_panel_gemm.h).
+//
+// int4_bf16_dequant (many rows, AMX CPUs): the same W written as Wᵀ [K, columns] for oneDNN's bf16
+// GEMM, which runs on AMX tiles there.
 //
 // Weight layout: the project's int4 layout (cpu_int4_vnni.pack_int4_vnni), uint8 [N/16, K/8, 16, 4]:
 // byte (tile, kb, j, t) holds u = q + 8 of channel 16·tile + j at k = 8·kb + t in its low nibble
@@ -239,6 +242,48 @@ at::Tensor int4_bf16_gemm(const at::Tensor& x, const at::Tensor& weight, const a
   return y;
 }
 
+// Wᵀ[:, col_start : col_stop) of the packed weight as bf16, written into out (bf16 [K, col_stop −
+// col_start], contiguous): W = (q − z)·s in float32, rounded once. Columns are whole tiles.
+void int4_bf16_dequant(const at::Tensor& weight, const at::Tensor& scale, const c10::optional<at::Tensor>& zero_point,
+                       int64_t group_size, int64_t col_start, int64_t col_stop, const at::Tensor& out) {
+  const int64_t k_size = weight.size(1) * kBlockK;
+  check_weight(weight, scale, zero_point, k_size, group_size);
+  const int64_t n_size = weight.size(0) * kTileN;
+  TORCH_CHECK(col_start % kTileN == 0 && col_stop % kTileN == 0 && 0 <= col_start && col_start < col_stop &&
+                  col_stop <= n_size,
+              "columns must be whole 16-channel tiles within N");
+  const int64_t cols = col_stop - col_start;
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.is_contiguous() && out.numel() == k_size * cols,
+              "out must be a contiguous bf16 buffer of K × columns elements");
+  const uint8_t* w = weight.data_ptr<uint8_t>();
+  const float* s = scale.data_ptr<float>();
+  const float* z = zero_point.has_value() ? zero_point->data_ptr<float>() : nullptr;
+  at::BFloat16* o = out.data_ptr<at::BFloat16>();
+  const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
+  const __m512i low4 = _mm512_set1_epi32(0xF);
+  at::parallel_for(col_start / kTileN, col_stop / kTileN, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t tile = begin; tile < end; ++tile) {
+      const int64_t n0 = tile * kTileN;
+      at::BFloat16* column = o + (n0 - col_start);
+      for (int64_t g = 0; g < k_size / group_size; ++g) {
+        const __m512 sv = _mm512_loadu_ps(s + g * n_size + n0);
+        __m512 offset = _mm512_set1_ps(8.0f);  // u − 8 − z = q − z
+        if (z != nullptr) offset = _mm512_add_ps(offset, _mm512_loadu_ps(z + g * n_size + n0));
+        for (int64_t kb = g * group_size / kBlockK; kb < (g + 1) * group_size / kBlockK; ++kb) {
+          const __m512i v = _mm512_loadu_si512(w + tile * tile_bytes + kb * kBlockBytes);
+          for (int t = 0; t < 4; ++t) {
+            for (int half = 0; half < 2; ++half) {
+              const __m512i u = _mm512_and_si512(_mm512_srli_epi32(v, 8 * t + 4 * half), low4);
+              const __m512 value = _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(u), offset), sv);
+              store16(column + (kb * kBlockK + 4 * half + t) * cols, value);
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
 TORCH_LIBRARY_FRAGMENT(vllm_modelslim, m) {
   m.def(
       "int4_bf16_linear(Tensor x, Tensor weight, Tensor scale, Tensor? zero_point, Tensor? bias, int group_size) "
@@ -246,9 +291,13 @@ TORCH_LIBRARY_FRAGMENT(vllm_modelslim, m) {
   m.def(
       "int4_bf16_gemm(Tensor x, Tensor weight, Tensor scale, Tensor? zero_point, Tensor? bias, int group_size) "
       "-> Tensor");
+  m.def(
+      "int4_bf16_dequant(Tensor weight, Tensor scale, Tensor? zero_point, int group_size, int col_start, "
+      "int col_stop, Tensor(a!) out) -> ()");
 }
 
 TORCH_LIBRARY_IMPL(vllm_modelslim, CPU, m) {
   m.impl("int4_bf16_linear", &int4_bf16_linear);
   m.impl("int4_bf16_gemm", &int4_bf16_gemm);
+  m.impl("int4_bf16_dequant", &int4_bf16_dequant);
 }

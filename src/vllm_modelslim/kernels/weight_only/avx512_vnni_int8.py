@@ -11,12 +11,14 @@ bit is at or above ``2^(E−27)`` (``2^E ≤ max |x| < 2^(E+1)`` of its row; eve
 bf16 value within ``2^−20`` of the row maximum) is represented exactly,
 smaller ones to within ``2^(E−28)``; the four sums are added in float32 and the
 epilogue ``(Σ − z·Σ_k x)·s + b`` is float32, rounded once. For many rows on
-an AVX512-BF16 CPU, ``int8_weight_bf16_gemm``
+an AVX512-BF16 CPU without AMX (:func:`~vllm_modelslim.kernels.float_gemm.panel_gemm_preferred`),
+``int8_weight_bf16_gemm``
 (``kernels/csrc/int8_weight_bf16_gemm.cpp``) writes ``w_q`` (exact in bf16)
 64 channels × 512 k at a time into a panel in cache and multiplies every row
 with it by ``vdpbf16ps`` (``kernels/csrc/bf16_panel_gemm.h``; float32 sums and
-epilogue, one rounding); elsewhere ``int8_weight_vnni_unpack`` writes ``w_q``
-block by block for the inherited float32 block GEMM and epilogue.
+epilogue, one rounding); elsewhere (AMX CPUs, CPUs without AVX512-BF16)
+``int8_weight_vnni_unpack`` writes ``w_q`` block by block for the inherited
+block GEMM (bf16 where the CPU has native bf16, else float32) and epilogue.
 
 The weight is kept only in the op's layout, uint8 ``[N/16, K/4, 64]`` of
 ``q + 128`` (one byte per weight). bf16 activations (float32 layers keep
@@ -42,6 +44,7 @@ import torch.nn.functional as F
 
 from vllm_modelslim.kernels import platform as cpu_platform
 from vllm_modelslim.kernels.cpp_extension import load_cpu_ops
+from vllm_modelslim.kernels.float_gemm import panel_gemm_preferred
 from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import TILE_N, pack_int8_vnni
 from vllm_modelslim.kernels.weight_only.avx512_int8 import Avx512WeightOnlyInt8
 from vllm_modelslim.kernels.weight_only.base import WeightOnlyConfig
@@ -118,7 +121,11 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
     def __init__(self, config, weight, weight_scale, zero_point):
         super().__init__(config, weight, weight_scale, zero_point)
         self.weight = pack_int8_vnni(self.weight).view(torch.uint8) ^ 0x80  # u = q + 128
-        self.bf16_gemm = self.many_rows_dtype == torch.bfloat16 and bf16_gemm_unavailable() is None
+        self.bf16_gemm = (
+            self.many_rows_dtype == torch.bfloat16
+            and panel_gemm_preferred()
+            and bf16_gemm_unavailable() is None
+        )
         self.many_rows_from = BF16_GEMM_MANY_ROWS_FROM if self.bf16_gemm else MANY_ROWS_FROM
 
     def forward_few_rows(self, x, bias):  # noqa: D102
