@@ -20,7 +20,8 @@ fp32 (what vLLM runs for unquantized models on this CPU) and its W8A8 int8
 path (compressed-tensors checkpoints), and its int4 weight-only GEMM
 ``cpu_gemm_wna16`` (compressed-tensors W4A16). A weight-only kernel with a
 many-rows block GEMM gets a second row with the GEMM dtype this host does not
-choose (bf16 or float32 blocks), so both routes are measured.
+choose (bf16 or float32 blocks), one with its own bf16 panel GEMM a row with the
+bf16 blocks AMX CPUs take instead, so both routes are measured.
 """
 
 from __future__ import annotations
@@ -153,12 +154,17 @@ def fused_dynamic_layers(w8: torch.Tensor, w4: torch.Tensor, scale: torch.Tensor
 
 
 def weight_only_routes(name: str, make: Callable[[], torch.nn.Module]) -> dict[str, Callable]:
-    """The kernel as selected, plus, for a kernel with a many-rows block GEMM, the other GEMM dtype
-    (bf16 or float32 blocks; this host's choice is ``many_rows_gemm_dtype``) as a second row."""
+    """The kernel as selected, plus a second row: for a kernel running its bf16 panel GEMM, the bf16
+    blocks AMX CPUs take (``panel_gemm_preferred``); for one with a many-rows block GEMM, the other
+    GEMM dtype (bf16 or float32 blocks; this host's choice is ``many_rows_gemm_dtype``)."""
     layer = make()
     routes = {name: lambda x, layer=layer: layer(x, None)}
     chosen = getattr(layer, "many_rows_dtype", None)
-    if chosen is not None and getattr(layer, "many_rows_from", 0):
+    if getattr(layer, "panel_gemm", False):  # its own bf16 panel GEMM; AMX CPUs take bf16 blocks instead
+        other = make()
+        other.panel_gemm = False
+        routes[f"{name[:-1]}, bf16 blocks as on AMX)"] = lambda x, layer=other: layer(x, None)
+    elif chosen is not None and getattr(layer, "many_rows_from", 0):
         other = make()
         other.many_rows_dtype = torch.float32 if chosen == torch.bfloat16 else torch.bfloat16
         label = "bf16" if other.many_rows_dtype == torch.bfloat16 else "float32"

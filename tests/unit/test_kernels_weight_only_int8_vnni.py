@@ -15,6 +15,7 @@ from kernel_bounds import assert_within, weight_only_expectation
 from no_compiler import run_without_a_compiler
 from test_kernels_weight_only_int8 import case
 
+from vllm_modelslim.kernels.float_gemm import panel_gemm_preferred
 from vllm_modelslim.kernels.weight_only import (
     Avx512VnniWeightOnlyInt8,
     Avx512WeightOnlyInt8,
@@ -82,7 +83,7 @@ def test_many_rows(panel, m, k, n):
         pytest.skip(f"int8_weight_bf16_gemm: {bf16_gemm_unavailable()}")
     x, w_q, scale, zp, bias = case(m, k, n, "mixed", torch.bfloat16, seed=m)
     kernel = make(w_q, scale, zp)
-    chosen, kernel.bf16_gemm = kernel.bf16_gemm, panel  # the other CPUs' path (blocks) runs here too
+    chosen, kernel.panel_gemm = kernel.panel_gemm, panel  # the other CPUs' path (blocks) runs here too
     got = kernel.forward_many_rows(x, bias)
     if panel == chosen and m >= kernel.many_rows_from:
         assert torch.equal(got, kernel(x, bias))
@@ -91,14 +92,14 @@ def test_many_rows(panel, m, k, n):
     assert_within(got, *weight_only_expectation("int8", bound_of, x, w_q, scale, zp, bias))
 
 
-@pytest.mark.skipif(
-    WHY_NOT is not None or bf16_gemm_unavailable() is not None,
-    reason=f"int8_weight_bf16_gemm: {WHY_NOT or bf16_gemm_unavailable()}",
-)
-def test_the_panel_gemm_runs_many_rows_where_the_cpu_has_avx512_bf16():
+PANEL_WHY_NOT = WHY_NOT or bf16_gemm_unavailable() or (not panel_gemm_preferred() and "AMX CPU (bf16 blocks)")
+
+
+@pytest.mark.skipif(bool(PANEL_WHY_NOT), reason=f"int8_weight_bf16_gemm: {PANEL_WHY_NOT}")
+def test_the_panel_gemm_runs_many_rows_on_avx512_bf16_cpus_without_amx():
     x, w_q, scale, zp, bias = case(BF16_GEMM_MANY_ROWS_FROM, 256, 64, "mixed", torch.bfloat16, seed=3)
     kernel = make(w_q, scale, zp)
-    assert kernel.bf16_gemm and kernel.many_rows_from == BF16_GEMM_MANY_ROWS_FROM
+    assert kernel.panel_gemm and kernel.many_rows_from == BF16_GEMM_MANY_ROWS_FROM
     want = torch.ops.vllm_modelslim.int8_weight_bf16_gemm(
         x, kernel.weight, kernel.weight_scale, kernel.zero_point, bias.float()
     )

@@ -121,18 +121,18 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
     def __init__(self, config, weight, weight_scale, zero_point):
         super().__init__(config, weight, weight_scale, zero_point)
         self.weight = pack_int8_vnni(self.weight).view(torch.uint8) ^ 0x80  # u = q + 128
-        self.bf16_gemm = (
+        self.panel_gemm = (
             self.many_rows_dtype == torch.bfloat16
             and panel_gemm_preferred()
             and bf16_gemm_unavailable() is None
         )
-        self.many_rows_from = BF16_GEMM_MANY_ROWS_FROM if self.bf16_gemm else MANY_ROWS_FROM
+        self.many_rows_from = BF16_GEMM_MANY_ROWS_FROM if self.panel_gemm else MANY_ROWS_FROM
 
     def forward_few_rows(self, x, bias):  # noqa: D102
         return self._forward(torch.ops.vllm_modelslim.int8_weight_vnni_linear, x, bias)
 
     def forward_many_rows(self, x, bias):  # noqa: D102
-        if not self.bf16_gemm:
+        if not self.panel_gemm:
             return super().forward_many_rows(x, bias)
         return self._forward(torch.ops.vllm_modelslim.int8_weight_bf16_gemm, x, bias)
 
