@@ -164,6 +164,19 @@ class LinearScheme(ABC):
         """
         return None
 
+    def weight_only_int8_channel_weight(
+        self, layer: torch.nn.Module
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None:
+        """The layer's math as float activations × a per-channel weight-only int8 weight, if it is that.
+
+        Schemes that compute ``y = x · ((W_q − z)·s)ᵀ`` (no bias term) return
+        ``(W_q int8 [N, K], s float32 [N], z float32 [N] or None)`` from the
+        loaded (checked) tensors; MoE layers hand their experts' triples to a
+        fused kernel (:mod:`vllm_modelslim.kernels.fused_weight_only_experts`).
+        Default: None.
+        """
+        return None
+
     # Helpers for subclasses -------------------------------------------------
 
     def error_file(self, suffix: str) -> str:

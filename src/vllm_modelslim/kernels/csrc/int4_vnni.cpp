@@ -27,6 +27,8 @@
 #include <vector>
 
 #include "avx512_vectors.h"
+#include "expert_groups.h"
+#include "swiglu.h"
 
 namespace {
 
@@ -189,42 +191,13 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tens
   });
 }
 
-// e^x for float32 lanes: 2^n · p(r), n = round(x·log2 e), r = x − n·ln 2 (Cody–Waite split),
-// p the degree-6 Taylor polynomial (|r| ≤ ln2/2: relative error about 2e-7).
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_min_ps(x, _mm512_set1_ps(88.0f)), _mm512_set1_ps(-87.0f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.0f / 720.0f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
-
-// S = silu(gate) · up = gate / (1 + e^−gate) · up over I values, float32, stored as T.
-template <typename T>
-void swiglu_row(const float* gate, const float* up, int64_t size, T* out) {
-  const __m512 one = _mm512_set1_ps(1.0f);
-  for (int64_t i = 0; i < size; i += 16) {
-    const __m512 g = _mm512_loadu_ps(gate + i);
-    const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), g))));
-    store16(out + i, _mm512_mul_ps(silu, _mm512_loadu_ps(up + i)));
-  }
-}
-
 // One GEMM per active expert over its rows of x (grouped contiguously), parallel over (expert, tile):
 // float32 (acc·s_x)·s_w into out [rows, N].
-void grouped_gemm(const std::vector<int64_t>& active, const std::vector<int64_t>& offsets, const uint8_t* w,
-                  int64_t expert_bytes, const float* w_scale, int64_t k_size, int64_t n_size, const QuantizedRows& x,
-                  float* out) {
+void grouped_gemm(const vllm_modelslim::ExpertGroups& groups, const uint8_t* w, int64_t expert_bytes, const float* w_scale,
+                  int64_t k_size, int64_t n_size, const QuantizedRows& x, float* out) {
   const int64_t tiles = n_size / kTileN;
   const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
+  const std::vector<int64_t>&active = groups.active, &offsets = groups.offsets;
   const int64_t items = static_cast<int64_t>(active.size()) * tiles;
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
@@ -243,20 +216,8 @@ void moe_impl(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w13_
   const int64_t tokens = x.size(0), hidden = x.size(1), top_k = topk_ids.size(1);
   const int64_t experts = w13.size(0), inter2 = w13.size(1) * kTileN, inter = inter2 / 2;
   const int64_t pairs = tokens * top_k;
-  const int64_t* ids = topk_ids.data_ptr<int64_t>();
-  // Group the (token, slot) pairs by expert (counting sort, stable in token order).
-  std::vector<int64_t> offsets(experts + 1, 0), position(pairs), fill;
-  for (int64_t p = 0; p < pairs; ++p) {
-    TORCH_CHECK(ids[p] >= 0 && ids[p] < experts, "expert id ", ids[p], " outside [0, ", experts, ")");
-    ++offsets[ids[p] + 1];
-  }
-  std::vector<int64_t> active;
-  for (int64_t e = 0; e < experts; ++e) {
-    if (offsets[e + 1] > 0) active.push_back(e);
-    offsets[e + 1] += offsets[e];
-  }
-  fill.assign(offsets.begin(), offsets.end() - 1);
-  for (int64_t p = 0; p < pairs; ++p) position[p] = fill[ids[p]]++;
+  const vllm_modelslim::ExpertGroups groups(topk_ids.data_ptr<int64_t>(), pairs, experts);
+  const std::vector<int64_t>& position = groups.position;
   // Each token quantized once; its rows copied to the slots of its experts.
   auto opts = x.options();
   QuantizedRows xq(tokens, hidden, opts);
@@ -271,7 +232,7 @@ void moe_impl(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w13_
   // Gate and up: C = (x_q·W13ᵀ)·s_x·s13 in float32.
   auto c = at::empty({pairs, inter2}, opts.dtype(at::kFloat));
   float* c_ptr = c.data_ptr<float>();
-  grouped_gemm(active, offsets, w13.data_ptr<uint8_t>(), inter2 * hidden / 2, w13_scale.data_ptr<float>(), hidden,
+  grouped_gemm(groups, w13.data_ptr<uint8_t>(), inter2 * hidden / 2, w13_scale.data_ptr<float>(), hidden,
                inter2, gathered, c_ptr);
   // S = silu(gate)·up rounded to the activation dtype, then quantized per row.
   auto s = at::empty({pairs, inter}, opts);
@@ -279,7 +240,7 @@ void moe_impl(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w13_
   QuantizedRows sq(pairs, inter, opts);
   at::parallel_for(0, pairs, 4, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {  // each row quantized while it is in cache
-      swiglu_row(c_ptr + row * inter2, c_ptr + row * inter2 + inter, inter, s_ptr + row * inter);
+      vllm_modelslim::swiglu_row(c_ptr + row * inter2, c_ptr + row * inter2 + inter, inter, s_ptr + row * inter);
       quantize_row(s_ptr + row * inter, inter, qmax, sq.q_ptr + row * inter, sq.sums_ptr + row,
                    sq.scales_ptr + row);
     }
@@ -287,22 +248,10 @@ void moe_impl(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w13_
   // Down: D = (S_q·W2ᵀ)·s_S·s2 in float32, then out[t] = Σ_j w[t, j]·D[t, j] (slots in order), rounded once.
   auto d = at::empty({pairs, hidden}, opts.dtype(at::kFloat));
   float* d_ptr = d.data_ptr<float>();
-  grouped_gemm(active, offsets, w2.data_ptr<uint8_t>(), hidden * inter / 2, w2_scale.data_ptr<float>(), inter,
+  grouped_gemm(groups, w2.data_ptr<uint8_t>(), hidden * inter / 2, w2_scale.data_ptr<float>(), inter,
                hidden, sq, d_ptr);
-  const float* weights = topk_weights.data_ptr<float>();
-  T* y_ptr = y.data_ptr<T>();
-  at::parallel_for(0, tokens, 4, [&](int64_t begin, int64_t end) {
-    for (int64_t t = begin; t < end; ++t) {
-      for (int64_t h = 0; h < hidden; h += 16) {
-        __m512 sum = _mm512_setzero_ps();
-        for (int64_t j = 0; j < top_k; ++j) {
-          const float* row = d_ptr + position[t * top_k + j] * hidden;
-          sum = _mm512_add_ps(sum, _mm512_mul_ps(_mm512_set1_ps(weights[t * top_k + j]), _mm512_loadu_ps(row + h)));
-        }
-        store16(y_ptr + t * hidden + h, sum);
-      }
-    }
-  });
+  vllm_modelslim::combine_slots(d_ptr, groups, topk_weights.data_ptr<float>(), tokens, top_k, hidden,
+                                y.data_ptr<T>());
 }
 
 }  // namespace

@@ -17,6 +17,9 @@
 // int8_weight_vnni_unpack (many rows): q as float32 or bf16 (exact) written as Wᵀ [K, columns] for
 // a float GEMM (the caller's epilogue then applies z and s).
 //
+// int8_weight_vnni_moe: a whole MoE layer of W8A16 SwiGLU experts with the few-rows products above
+// (see the op's comment).
+//
 // Weight layout (made by the Python side): uint8 [N/16, K/4, 16, 4]; byte (tile, kq, j, t) holds
 // u = q + 128 of channel 16·tile + j at k = 4·kq + t.
 
@@ -32,7 +35,9 @@
 #include <vector>
 
 #include "avx512_vectors.h"
+#include "expert_groups.h"
 #include "op_checks.h"
+#include "swiglu.h"
 
 namespace {
 
@@ -157,6 +162,22 @@ void tile_rows(const RowLimbs& x, int64_t m0, int64_t k_size, const uint8_t* til
   }
 }
 
+// Rows [first, first + count) of x × one tile (output channels n0 .. n0 + 15): y points at row 0 of
+// the [rows, N] output; scale, zero and bias at channel 0 of this weight.
+template <typename T>
+void rows_of_tile(const RowLimbs& x, int64_t first, int64_t count, int64_t k_size, const uint8_t* tile,
+                  const float* scale, const float* zero, const float* bias, int64_t n0, T* y, int64_t n_size) {
+  for (int64_t m0 = first; m0 < first + count; m0 += kMaxRows) {
+    T* out = y + m0 * n_size;
+    switch (std::min<int64_t>(kMaxRows, first + count - m0)) {
+      case 1: tile_rows<1, T>(x, m0, k_size, tile, scale, zero, bias, n0, out, n_size); break;
+      case 2: tile_rows<2, T>(x, m0, k_size, tile, scale, zero, bias, n0, out, n_size); break;
+      case 3: tile_rows<3, T>(x, m0, k_size, tile, scale, zero, bias, n0, out, n_size); break;
+      default: tile_rows<4, T>(x, m0, k_size, tile, scale, zero, bias, n0, out, n_size); break;
+    }
+  }
+}
+
 template <typename T>
 void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& scale,
                  const c10::optional<at::Tensor>& zero, const c10::optional<at::Tensor>& bias, at::Tensor& y) {
@@ -171,19 +192,44 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sca
   const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
   at::parallel_for(0, w.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t tile = begin; tile < end; ++tile) {
-      const int64_t n0 = tile * kTileN;
-      for (int64_t m0 = 0; m0 < m_size; m0 += kMaxRows) {
-        const uint8_t* t = w_ptr + tile * tile_bytes;
-        T* out = y_ptr + m0 * n_size;
-        switch (std::min<int64_t>(kMaxRows, m_size - m0)) {
-          case 1: tile_rows<1, T>(limbs, m0, k_size, t, s_ptr, z_ptr, b_ptr, n0, out, n_size); break;
-          case 2: tile_rows<2, T>(limbs, m0, k_size, t, s_ptr, z_ptr, b_ptr, n0, out, n_size); break;
-          case 3: tile_rows<3, T>(limbs, m0, k_size, t, s_ptr, z_ptr, b_ptr, n0, out, n_size); break;
-          default: tile_rows<4, T>(limbs, m0, k_size, t, s_ptr, z_ptr, b_ptr, n0, out, n_size); break;
-        }
-      }
+      rows_of_tile(limbs, 0, m_size, k_size, w_ptr + tile * tile_bytes, s_ptr, z_ptr, b_ptr, tile * kTileN, y_ptr,
+                   n_size);
     }
   });
+}
+
+// One GEMM per active expert over its rows (grouped contiguously), parallel over (expert, tile): float32
+// (Σ − z·Σx)·s into out [rows, N]. w uint8 [E, N/16, K/4, 64]; scale and zero float32 [E, N] (zero or null).
+void grouped_gemm(const vllm_modelslim::ExpertGroups& groups, const uint8_t* w, const float* scale, const float* zero,
+                  int64_t k_size, int64_t n_size, const RowLimbs& x, float* out) {
+  const int64_t tiles = n_size / kTileN, tile_bytes = k_size / kBlockK * kBlockBytes;
+  const int64_t items = static_cast<int64_t>(groups.active.size()) * tiles;
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t e = groups.active[item / tiles], tile = item % tiles;
+      const int64_t first = groups.offsets[e], count = groups.offsets[e + 1] - first;
+      rows_of_tile(x, first, count, k_size, w + (e * tiles + tile) * tile_bytes, scale + e * n_size,
+                   zero != nullptr ? zero + e * n_size : nullptr, nullptr, tile * kTileN, out, n_size);
+    }
+  });
+}
+
+// The rows of `from` copied to rows `position[p]` of a new set: the row p of token p / top_k.
+RowLimbs gather_rows(const RowLimbs& from, const std::vector<int64_t>& position, int64_t top_k, int64_t k_size) {
+  const int64_t pairs = static_cast<int64_t>(position.size()), row_bytes = kLimbs * k_size;
+  RowLimbs out;
+  out.limbs.resize(pairs * row_bytes);
+  out.sums.resize(pairs * kLimbs);
+  out.row_sums.resize(pairs);
+  out.factors.resize(pairs);
+  for (int64_t p = 0; p < pairs; ++p) {
+    const int64_t t = p / top_k, row = position[p];
+    std::memcpy(out.limbs.data() + row * row_bytes, from.limbs.data() + t * row_bytes, row_bytes);
+    std::memcpy(out.sums.data() + row * kLimbs, from.sums.data() + t * kLimbs, kLimbs * sizeof(int32_t));
+    out.row_sums[row] = from.row_sums[t];
+    out.factors[row] = from.factors[t];
+  }
+  return out;
 }
 
 void check_weight(const at::Tensor& weight, int64_t k_size) {
@@ -258,12 +304,81 @@ void int8_weight_vnni_unpack(const at::Tensor& weight, int64_t col_start, int64_
   }
 }
 
+// A MoE layer of W8A16 SwiGLU experts in one call, per routed (token t, slot j), expert e = topk_ids[t, j]:
+//   C = x[t]·W13_eᵀ (W = (q − z)·s per channel) [2I], float32 (the few-rows limb products above)
+//   S = silu(C[:I])·C[I:], rounded once to bf16
+//   D = S·W2_eᵀ [H], float32
+//   y[t] = Σ_j topk_weights[t, j]·D_j (slots in order), float32, rounded once to bf16.
+// Each token is split into limbs once for all its experts, its rows are grouped by expert, and one
+// GEMM per active expert and projection runs over that expert's rows.
+// x bf16 [T, H] contiguous; w13 uint8 [E, 2I/16, H/4, 64], w2 uint8 [E, H/16, I/4, 64] (q + 128);
+// scales and zero points float32 [E, 2I] / [E, H] (zero points or None); topk_weights float32 and
+// topk_ids int64 [T, top_k]; H and I multiples of 16. Returns bf16 [T, H].
+at::Tensor int8_weight_vnni_moe(const at::Tensor& x, const at::Tensor& w13, const at::Tensor& w13_scale,
+                                const c10::optional<at::Tensor>& w13_zero, const at::Tensor& w2,
+                                const at::Tensor& w2_scale, const c10::optional<at::Tensor>& w2_zero,
+                                const at::Tensor& topk_weights, const at::Tensor& topk_ids) {
+  vllm_modelslim::check_activation_rows(x);
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16, "x must be bf16");
+  const int64_t tokens = x.size(0), hidden = x.size(1);
+  TORCH_CHECK(w13.dim() == 4 && w2.dim() == 4 && w13.size(0) == w2.size(0) && w13.is_contiguous() &&
+                  w2.is_contiguous(),
+              "w13 and w2 must be contiguous [E, N/16, K/4, 64] tensors of the same E");
+  const int64_t experts = w13.size(0), inter2 = w13.size(1) * kTileN, inter = inter2 / 2;
+  TORCH_CHECK(inter % 16 == 0 && w2.size(1) * kTileN == hidden, "the intermediate size must be a multiple of 16");
+  vllm_modelslim::check_packed_weight(w13.view({experts * w13.size(1), w13.size(2), w13.size(3)}), hidden, kBlockK,
+                                      "w13: the packed uint8 [E, 2I/16, H/4, 64] int8 experts");
+  vllm_modelslim::check_packed_weight(w2.view({experts * w2.size(1), w2.size(2), w2.size(3)}), inter, kBlockK,
+                                      "w2: the packed uint8 [E, H/16, I/4, 64] int8 experts");
+  vllm_modelslim::check_channel_vector(w13_scale, experts * inter2, "w13_scale");
+  vllm_modelslim::check_channel_vector(w13_zero, experts * inter2, "w13_zero");
+  vllm_modelslim::check_channel_vector(w2_scale, experts * hidden, "w2_scale");
+  vllm_modelslim::check_channel_vector(w2_zero, experts * hidden, "w2_zero");
+  TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.size(0) == tokens && topk_ids.scalar_type() == at::kLong &&
+                  topk_ids.is_contiguous(),
+              "topk_ids must be a contiguous int64 [T, top_k] tensor");
+  TORCH_CHECK(topk_weights.sizes() == topk_ids.sizes() && topk_weights.scalar_type() == at::kFloat &&
+                  topk_weights.is_contiguous(),
+              "topk_weights must be a contiguous float32 [T, top_k] tensor");
+  auto y = at::empty({tokens, hidden}, x.options());
+  const int64_t top_k = topk_ids.size(1), pairs = tokens * top_k;
+  if (pairs == 0) return y.zero_();
+  const vllm_modelslim::ExpertGroups groups(topk_ids.data_ptr<int64_t>(), pairs, experts);
+  RowLimbs x_limbs;
+  split_rows(x.data_ptr<at::BFloat16>(), tokens, hidden, x_limbs);
+  const RowLimbs gathered = gather_rows(x_limbs, groups.position, top_k, hidden);
+  auto c = at::empty({pairs, inter2}, x.options().dtype(at::kFloat));
+  float* c_ptr = c.data_ptr<float>();
+  grouped_gemm(groups, w13.data_ptr<uint8_t>(), w13_scale.data_ptr<float>(),
+               w13_zero.has_value() ? w13_zero->data_ptr<float>() : nullptr, hidden, inter2, gathered, c_ptr);
+  auto s = at::empty({pairs, inter}, x.options());
+  at::BFloat16* s_ptr = s.data_ptr<at::BFloat16>();
+  at::parallel_for(0, pairs, 4, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      vllm_modelslim::swiglu_row(c_ptr + row * inter2, c_ptr + row * inter2 + inter, inter, s_ptr + row * inter);
+    }
+  });
+  RowLimbs s_limbs;
+  split_rows(s_ptr, pairs, inter, s_limbs);
+  auto d = at::empty({pairs, hidden}, x.options().dtype(at::kFloat));
+  float* d_ptr = d.data_ptr<float>();
+  grouped_gemm(groups, w2.data_ptr<uint8_t>(), w2_scale.data_ptr<float>(),
+               w2_zero.has_value() ? w2_zero->data_ptr<float>() : nullptr, inter, hidden, s_limbs, d_ptr);
+  vllm_modelslim::combine_slots(d_ptr, groups, topk_weights.data_ptr<float>(), tokens, top_k, hidden,
+                                y.data_ptr<at::BFloat16>());
+  return y;
+}
+
 TORCH_LIBRARY_FRAGMENT(vllm_modelslim, m) {
   m.def("int8_weight_vnni_linear(Tensor x, Tensor weight, Tensor scale, Tensor? zero_point, Tensor? bias) -> Tensor");
   m.def("int8_weight_vnni_unpack(Tensor weight, int col_start, int col_stop, Tensor(a!) out) -> ()");
+  m.def(
+      "int8_weight_vnni_moe(Tensor x, Tensor w13, Tensor w13_scale, Tensor? w13_zero, Tensor w2, Tensor w2_scale, "
+      "Tensor? w2_zero, Tensor topk_weights, Tensor topk_ids) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(vllm_modelslim, CPU, m) {
   m.impl("int8_weight_vnni_linear", &int8_weight_vnni_linear);
   m.impl("int8_weight_vnni_unpack", &int8_weight_vnni_unpack);
+  m.impl("int8_weight_vnni_moe", &int8_weight_vnni_moe);
 }

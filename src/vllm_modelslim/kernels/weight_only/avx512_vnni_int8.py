@@ -75,6 +75,11 @@ def _unpack_fake(weight, col_start, col_stop, out):
     """``int8_weight_vnni_unpack`` writes ``out`` in place and returns nothing."""
 
 
+def _moe_fake(x, w13, w13_scale, w13_zero, w2, w2_scale, w2_zero, topk_weights, topk_ids):
+    """Shape of ``int8_weight_vnni_moe(x [T, H], ...)``: ``[T, H]`` in x's dtype."""
+    return torch.empty_like(x)
+
+
 def _bf16_gemm_fake(x, weight, scale, zero_point, bias):
     """Shape of ``int8_weight_bf16_gemm(x [M, K], weight uint8 [N/16, K/4, 64], ...)``: bf16 ``[M, N]``."""
     return x.new_empty((x.shape[0], weight.shape[0] * TILE_N))
@@ -94,6 +99,7 @@ def ops_unavailable() -> str | None:
     fakes = {
         "vllm_modelslim::int8_weight_vnni_linear": _linear_fake,
         "vllm_modelslim::int8_weight_vnni_unpack": _unpack_fake,
+        "vllm_modelslim::int8_weight_vnni_moe": _moe_fake,
     }
     return load_cpu_ops(SOURCE, COMPILER_FLAGS, fakes)
 

@@ -29,11 +29,15 @@ class W8A16LinearScheme(LinearScheme):
     def checkpoint_tensors(self):
         return (INT8_WEIGHT, WEIGHT_SCALE, WEIGHT_OFFSET)
 
-    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+    def weight_only_int8_channel_weight(self, layer):
         weight_scale = self.float_param(layer, "weight_scale").reshape(-1)
         zero_point = self.float_param(layer, "weight_offset").reshape(-1)
+        return layer.weight.data, weight_scale, zero_point
+
+    def process_weights_after_loading(self, layer: torch.nn.Module) -> None:
+        weight, weight_scale, zero_point = self.weight_only_int8_channel_weight(layer)
         layer.modelslim_kernel = make_weight_only_int8(
-            layer.weight.data, weight_scale, zero_point, layer.modelslim_params_dtype, label=self.quant_type
+            weight, weight_scale, zero_point, layer.modelslim_params_dtype, label=self.quant_type
         )
 
     def apply(self, layer, x, bias):

@@ -45,6 +45,11 @@ from vllm_modelslim.kernels.fused_int8_experts import (
     choose_fused_int8_experts,
     make_fused_int8_experts,
 )
+from vllm_modelslim.kernels.fused_weight_only_experts import (
+    FusedWeightOnlyExpertsConfig,
+    choose_fused_weight_only_experts,
+    make_fused_weight_only_experts,
+)
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, grouped_experts_two_stage, swiglu
 from vllm_modelslim.schemes.base import LayerContext, LinearScheme
 from vllm_modelslim.schemes.moe.row_max_exchange import PrecomputedRowMax, row_max_exchange
@@ -327,7 +332,7 @@ class MoEScheme:
         # Expert 0 decides (every expert has its layout, checked): the rest are unpacked only if fused.
         first = channel_weights(0)
         if any(tensors is None for tensors in first):
-            return None
+            return self._fused_weight_only_experts(layer, views)
         hidden, inter = views[0][1].logical_widths[0], views[0][0].logical_widths[0]
         config = FusedInt8ExpertsConfig(
             device_type=first[0][0].device.type,
@@ -348,6 +353,37 @@ class MoEScheme:
         w2 = torch.stack([pair[1][0] for pair in pairs])
         s2 = torch.stack([pair[1][1] for pair in pairs])
         return make_fused_int8_experts(config, w13, s13, w2, s2, kernel=kernel)
+
+    def _fused_weight_only_experts(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]):
+        """The fused kernel of weight-only int8 experts; None where the schemes or platform rule it out."""
+
+        def channel_weights(local: int) -> list:
+            """Each projection's ``(W_q, scale, zero point or None)``, or None where it is not W8A16-like."""
+            pairs = zip(self._expert_schemes[local], views[local], strict=True)
+            return [scheme.weight_only_int8_channel_weight(view) for scheme, view in pairs]
+
+        first = channel_weights(0)
+        if any(tensors is None for tensors in first):
+            return None
+        config = FusedWeightOnlyExpertsConfig(
+            device_type=first[0][0].device.type,
+            activation_dtype=layer.modelslim_params_dtype,
+            hidden_size=views[0][1].logical_widths[0],
+            intermediate_size=views[0][0].logical_widths[0],
+            expert_map=getattr(layer, "expert_map", None) is not None,
+            router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
+        )
+        kernel = choose_fused_weight_only_experts(config, label=self.quant_type)
+        if kernel is None:
+            return None
+        triples = [first] + [channel_weights(local) for local in range(1, len(views))]
+
+        def stacked(projection: int, part: int) -> torch.Tensor | None:
+            parts = [triple[projection][part] for triple in triples]
+            return None if any(p is None for p in parts) else torch.stack(parts)
+
+        tensors = [stacked(projection, part) for projection in (0, 1) for part in (0, 1, 2)]
+        return make_fused_weight_only_experts(config, *tensors, kernel=kernel)
 
     def _build_expert_kernels(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]) -> None:
         """Each local expert's projection kernels (``layer.modelslim_experts``) and the TP row exchange."""
