@@ -40,11 +40,19 @@ from e2e_compare import (
 from model_folders import layer_count
 from vllm_modelslim.kernels.cpu_int4_vnni import int4_vnni_unavailable
 from vllm_modelslim.kernels.fused_int8_experts import VllmCpuFusedInt8Experts
+from vllm_modelslim.kernels.fused_weight_only_experts import Int8VnniFusedWeightOnlyExperts
 
 pytestmark = pytest.mark.engine
 
 FUSED_HERE = VllmCpuFusedInt8Experts.is_supported("cpu")[0]
 INT4_FUSED_HERE = int4_vnni_unavailable() is None  # the ISA and the C++ build
+W8A16_FUSED_HERE = all(
+    check[0]
+    for check in (  # the ISA, then the C++ build
+        Int8VnniFusedWeightOnlyExperts.is_supported("cpu"),
+        Int8VnniFusedWeightOnlyExperts.ops_reason(),
+    )
+)
 
 CHECKPOINTS = [
     # (recipe, experts' quant type, hand-made layout)
@@ -109,7 +117,8 @@ def test_every_moe_layer_runs_its_scheme(engine):
     (table,) = llm.apply_model(describe_moe_layers)
     assert sorted(table) == [f"model.layers.{i}.mlp.experts" for i in range(layer_count(folder))]
     # bf16 experts computing dynamic int8 × per-channel int8 run one fused op where one runs: int4
-    # experts (W4A8_DYNAMIC) the project's int4 kernel, else vLLM-CPU's int8 op (int4 held in int8)
+    # experts (W4A8_DYNAMIC) the project's int4 kernel, else vLLM-CPU's int8 op (int4 held in int8);
+    # bf16 W8A16 experts the project's weight-only int8 MoE op
     fused_expected = None
     if case.dtype == "bfloat16" and "pergroup" not in case.recipe:
         int4 = case.quant_type == "W4A8_DYNAMIC"
@@ -117,6 +126,8 @@ def test_every_moe_layer_runs_its_scheme(engine):
             fused_expected = "Int4VnniFusedExperts"
         elif case.quant_type in ("W8A8_DYNAMIC", "W4A8_DYNAMIC") and FUSED_HERE:
             fused_expected = "VllmCpuFusedInt8Experts"
+        elif case.quant_type == "W8A16" and W8A16_FUSED_HERE:
+            fused_expected = "Int8VnniFusedWeightOnlyExperts"
     for name, (method, quant_type, consumer, experts, fused) in table.items():
         assert method == "ModelSlimFusedMoEMethod", name
         assert quant_type == case.quant_type, name
