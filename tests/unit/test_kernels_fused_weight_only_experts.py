@@ -132,6 +132,24 @@ def test_fused_kernel_uses_each_expert_its_zero_points_and_routing_weight():
         assert relative_error(fused, wrong) > 0.1
 
 
+@needs_kernel
+def test_the_intermediate_size_split_over_two_ranks_sums_to_the_layer():
+    """Tensor parallelism: each rank holds gate/up rows and the down projection's K-slice of every
+    expert; the zero-point term is linear in the slice, so the ranks' outputs add up to the layer."""
+    num, hidden, inter = 4, 128, 64
+    w13, s13, z13, w2, s2, z2 = random_experts(num, hidden, inter, seed=9)
+    x = torch.randn(6, hidden, generator=torch.Generator().manual_seed(10)).to(torch.bfloat16)
+    topk_weights, topk_ids = routing(6, num, 2)
+    total = torch.zeros(x.shape, dtype=torch.float64)
+    for rank in range(2):
+        rows = torch.arange(rank * inter // 2, (rank + 1) * inter // 2)
+        gate_up = torch.cat([rows, rows + inter])  # this rank's gate rows, then its up rows
+        share = (w13[:, gate_up], s13[:, gate_up], z13[:, gate_up], w2[:, :, rows].contiguous(), s2, z2)
+        total += fused_kernel(share, hidden, inter // 2)(x, topk_weights, topk_ids).double()
+    oracle = spec_float64(x, topk_weights, topk_ids, w13, s13, z13, w2, s2, z2)
+    assert relative_error(total, oracle) < 1e-2
+
+
 @pytest.mark.parametrize(
     "change,why",
     [
