@@ -290,10 +290,25 @@ def make_fused_int8_experts(
         "w2": (w2.shape, (experts, hidden, inter)),
         "w2_scale": (w2_scale.shape, (experts, hidden)),
     }
+    check_stacked_experts(kernel, config, expected)
+    return kernel(config, w13, w13_scale, w2, w2_scale)
+
+
+def check_stacked_experts(kernel: type[QuantKernel], config, expected: dict[str, tuple]) -> None:
+    """Before a fused experts kernel is built: each stacked tensor's shape, then the kernel's checks.
+
+    Args:
+        kernel: the kernel class about to be built.
+        config: its family's config (``device_type`` and what ``can_implement`` reads).
+        expected: tensor name → (its shape, the shape the layer needs).
+
+    Raises:
+        ValueError: a shape differs (the message names the tensor).
+        RuntimeError: ``kernel`` cannot run ``config`` here (the message gives its reason).
+    """
     for name, (shape, want) in expected.items():
         if tuple(shape) != want:
             raise ValueError(f"{name} has shape {tuple(shape)}, expected {want}")
     for check in (kernel.is_supported(config.device_type), kernel.can_implement(config)):
         if not check[0]:
             raise RuntimeError(f"{kernel.name} cannot run this layer: {check[1]}")
-    return kernel(config, w13, w13_scale, w2, w2_scale)

@@ -28,7 +28,7 @@ import torch
 
 from vllm_modelslim.kernels.base import QuantKernel, register_buffers
 from vllm_modelslim.kernels.cpp_extension import CompiledCpuOpsMixin, require_cpu_ops
-from vllm_modelslim.kernels.fused_int8_experts import PerExpertKernels
+from vllm_modelslim.kernels.fused_int8_experts import PerExpertKernels, check_stacked_experts
 from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import pack_int8_vnni
 from vllm_modelslim.kernels.selection import choose_kernel, priority_list
 from vllm_modelslim.kernels.weight_only import avx512_vnni_int8
@@ -200,10 +200,5 @@ def make_fused_weight_only_experts(
         expected["w13_zero"] = (w13_zero.shape, (experts, 2 * inter))
     if w2_zero is not None:
         expected["w2_zero"] = (w2_zero.shape, (experts, hidden))
-    for name, (shape, want) in expected.items():
-        if tuple(shape) != want:
-            raise ValueError(f"{name} has shape {tuple(shape)}, expected {want}")
-    for check in (kernel.is_supported(config.device_type), kernel.can_implement(config)):
-        if not check[0]:
-            raise RuntimeError(f"{kernel.name} cannot run this layer: {check[1]}")
+    check_stacked_experts(kernel, config, expected)
     return kernel(config, w13, w13_scale, w13_zero, w2, w2_scale, w2_zero)

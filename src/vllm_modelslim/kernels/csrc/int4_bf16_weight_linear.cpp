@@ -155,6 +155,18 @@ void check_weight(const at::Tensor& weight, const at::Tensor& scale, const c10::
   }
 }
 
+// The checks of both linear ops, before any compute; returns N.
+int64_t check_arguments(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
+                        const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
+                        int64_t group_size) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x must be a contiguous bf16 [M, K] tensor");
+  check_weight(weight, scale, zero_point, x.size(1), group_size);
+  const int64_t n_size = weight.size(0) * kTileN;
+  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
+  return n_size;
+}
+
 }  // namespace
 
 // x bf16 [M, K] contiguous (K % 8 == 0); weight uint8 [N/16, K/8, 64]; scale float32 [K/g, N];
@@ -162,12 +174,8 @@ void check_weight(const at::Tensor& weight, const at::Tensor& scale, const c10::
 at::Tensor int4_bf16_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                             const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
                             int64_t group_size) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x must be a contiguous bf16 [M, K] tensor");
+  const int64_t n_size = check_arguments(x, weight, scale, zero_point, bias, group_size);
   const int64_t m_size = x.size(0), k_size = x.size(1);
-  check_weight(weight, scale, zero_point, k_size, group_size);
-  const int64_t n_size = weight.size(0) * kTileN;
-  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
   auto y = at::empty({m_size, n_size}, x.options());
   if (m_size == 0) return y;
   const int64_t groups = k_size / group_size;
@@ -199,12 +207,8 @@ at::Tensor int4_bf16_linear(const at::Tensor& x, const at::Tensor& weight, const
 at::Tensor int4_bf16_gemm(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& scale,
                           const c10::optional<at::Tensor>& zero_point, const c10::optional<at::Tensor>& bias,
                           int64_t group_size) {
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x must be a contiguous bf16 [M, K] tensor");
+  const int64_t n_size = check_arguments(x, weight, scale, zero_point, bias, group_size);
   const int64_t m_size = x.size(0), k_size = x.size(1);
-  check_weight(weight, scale, zero_point, k_size, group_size);
-  const int64_t n_size = weight.size(0) * kTileN;
-  vllm_modelslim::check_channel_vector(bias, n_size, "bias");
   auto y = at::empty({m_size, n_size}, x.options());
   if (m_size == 0) return y;
   const uint8_t* w = weight.data_ptr<uint8_t>();
