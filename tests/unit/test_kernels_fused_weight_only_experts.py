@@ -12,6 +12,7 @@ import torch
 
 from moe_test_context import moe_test_context
 from vllm_modelslim.kernels.fused_weight_only_experts import (
+    PANEL_ROWS_PER_EXPERT,
     FusedWeightOnlyExpertsConfig,
     Int8VnniFusedWeightOnlyExperts,
     make_fused_weight_only_experts,
@@ -94,6 +95,7 @@ def fused_kernel(weights, hidden: int, inter: int):
         (8, 256, 128, 2, 1),
         (8, 256, 128, 2, 3),  # rows of an expert in blocks of 1..4
         (8, 256, 128, 2, 40),
+        (8, 256, 128, 2, 70),  # 17.5 rows per expert: expert by expert with the panel GEMM where it runs
         (32, 2048, 768, 4, 1),  # moe-large's shape
         (32, 2048, 768, 4, 33),
     ],
@@ -104,13 +106,16 @@ def test_fused_kernel_is_as_close_to_the_spec_as_the_per_expert_path(
     weights = random_experts(num, hidden, inter, zero_points=zero_points)
     x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
     topk_weights, topk_ids = routing(tokens, num, top_k)
-    fused = fused_kernel(weights, hidden, inter)(x, topk_weights, topk_ids)
-    assert fused.dtype == torch.bfloat16 and fused.shape == x.shape
+    kernel = fused_kernel(weights, hidden, inter)
     oracle = spec_float64(x, topk_weights, topk_ids, *weights)
-    per_expert = per_expert_path(x, topk_weights, topk_ids, *weights)
-    fused_error, per_expert_error = relative_error(fused, oracle), relative_error(per_expert, oracle)
-    print(f"\nrelative error vs float64 spec: fused {fused_error:.2e}, per-expert {per_expert_error:.2e}")
-    assert fused_error <= 1.2 * per_expert_error and fused_error < 1e-2
+    per_expert_error = relative_error(per_expert_path(x, topk_weights, topk_ids, *weights), oracle)
+    routes = [False, True] if kernel.panel_gemm else [False]  # the limb op; the panel GEMM per expert
+    for kernel.panel_gemm in routes:
+        fused = kernel(x, topk_weights, topk_ids)
+        assert fused.dtype == torch.bfloat16 and fused.shape == x.shape
+        fused_error = relative_error(fused, oracle)
+        print(f"\nrelative error vs float64 spec: fused {fused_error:.2e}, per-expert {per_expert_error:.2e}")
+        assert fused_error <= 1.2 * per_expert_error and fused_error < 1e-2
 
 
 @needs_kernel
@@ -148,6 +153,24 @@ def test_the_intermediate_size_split_over_two_ranks_sums_to_the_layer():
         total += fused_kernel(share, hidden, inter // 2)(x, topk_weights, topk_ids).double()
     oracle = spec_float64(x, topk_weights, topk_ids, w13, s13, z13, w2, s2, z2)
     assert relative_error(total, oracle) < 1e-2
+
+
+@needs_kernel
+def test_many_rows_per_expert_run_expert_by_expert_with_the_panel_gemm():
+    """From PANEL_ROWS_PER_EXPERT rows per expert on average the panel GEMM runs each expert (where it
+    runs); below, the limb op runs the layer in one call."""
+    num, hidden, inter, top_k = 4, 64, 32, 2
+    kernel = fused_kernel(random_experts(num, hidden, inter, seed=11), hidden, inter)
+    if not kernel.panel_gemm:
+        pytest.skip("no AVX512-BF16 panel GEMM here (or an AMX CPU)")
+    calls = []
+    kernel._panel_experts = [lambda rows, e=e: (calls.append(e), rows)[1] for e in range(num)]
+    threshold = PANEL_ROWS_PER_EXPERT * num // top_k
+    for tokens, panel in ((threshold - 1, False), (threshold, True)):
+        x = torch.randn(tokens, hidden, generator=torch.Generator().manual_seed(12)).to(torch.bfloat16)
+        calls.clear()
+        kernel(x, *routing(tokens, num, top_k))
+        assert bool(calls) is panel
 
 
 @pytest.mark.parametrize(
