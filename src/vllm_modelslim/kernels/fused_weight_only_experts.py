@@ -29,7 +29,6 @@ import torch
 
 from vllm_modelslim.kernels.base import QuantKernel, register_buffers
 from vllm_modelslim.kernels.cpp_extension import CompiledCpuOpsMixin, require_cpu_ops
-from vllm_modelslim.kernels.float_gemm import panel_gemm_preferred
 from vllm_modelslim.kernels.fused_int8_experts import PerExpertKernels, check_stacked_experts
 from vllm_modelslim.kernels.grouped_experts import grouped_experts_forward, swiglu
 from vllm_modelslim.kernels.scaled_int8_mm.cpu_int8_vnni import pack_int8_vnni
@@ -147,7 +146,7 @@ class Int8VnniFusedWeightOnlyExperts(CompiledCpuOpsMixin, FusedWeightOnlyExperts
             w2_zero=channel(w2_zero),
         )
         self.num_experts = w13.shape[0]
-        self.panel_gemm = panel_gemm_preferred() and avx512_vnni_int8.bf16_gemm_unavailable() is None
+        self.panel_gemm = avx512_vnni_int8.panel_gemm_available()
         self._panel_experts = [functools.partial(self._panel_expert, e) for e in range(self.num_experts)]
 
     def _panel_expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,19 @@ struct ExpertGroups {
     std::vector<int64_t> fill(offsets.begin(), offsets.end() - 1);
     for (int64_t p = 0; p < pairs; ++p) position[p] = fill[ids[p]]++;
   }
+
+  // fn(e, tile, first, count) for every active expert e and output tile in [0, tiles), in parallel:
+  // the grouped GEMMs' work items (an expert's rows are [first, first + count)).
+  template <typename Fn>
+  void parallel_for_tiles(int64_t tiles, const Fn& fn) const {
+    const int64_t items = static_cast<int64_t>(active.size()) * tiles;
+    at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t e = active[item / tiles];
+        fn(e, item % tiles, offsets[e], offsets[e + 1] - offsets[e]);
+      }
+    });
+  }
 };
 
 // out[t] = Σ_j weights[t, j]·rows[position[t·top_k + j]] over the slots in order, float32, rounded

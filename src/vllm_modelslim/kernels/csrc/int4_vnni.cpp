@@ -195,17 +195,11 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w_packed, const at::Tens
 // float32 (acc·s_x)·s_w into out [rows, N].
 void grouped_gemm(const vllm_modelslim::ExpertGroups& groups, const uint8_t* w, int64_t expert_bytes, const float* w_scale,
                   int64_t k_size, int64_t n_size, const QuantizedRows& x, float* out) {
-  const int64_t tiles = n_size / kTileN;
   const int64_t tile_bytes = k_size / kBlockK * kBlockBytes;
-  const std::vector<int64_t>&active = groups.active, &offsets = groups.offsets;
-  const int64_t items = static_cast<int64_t>(active.size()) * tiles;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t e = active[item / tiles], tile = item % tiles;
-      const int64_t first = offsets[e], n0 = tile * kTileN;
-      tile_all_rows<float>(w + e * expert_bytes + tile * tile_bytes, k_size, x, first, offsets[e + 1] - first,
-                           w_scale + e * n_size + n0, nullptr, out + first * n_size + n0, n_size);
-    }
+  groups.parallel_for_tiles(n_size / kTileN, [&](int64_t e, int64_t tile, int64_t first, int64_t count) {
+    const int64_t n0 = tile * kTileN;
+    tile_all_rows<float>(w + e * expert_bytes + tile * tile_bytes, k_size, x, first, count,
+                         w_scale + e * n_size + n0, nullptr, out + first * n_size + n0, n_size);
   });
 }
 

@@ -203,14 +203,9 @@ void linear_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& sca
 void grouped_gemm(const vllm_modelslim::ExpertGroups& groups, const uint8_t* w, const float* scale, const float* zero,
                   int64_t k_size, int64_t n_size, const RowLimbs& x, float* out) {
   const int64_t tiles = n_size / kTileN, tile_bytes = k_size / kBlockK * kBlockBytes;
-  const int64_t items = static_cast<int64_t>(groups.active.size()) * tiles;
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t e = groups.active[item / tiles], tile = item % tiles;
-      const int64_t first = groups.offsets[e], count = groups.offsets[e + 1] - first;
-      rows_of_tile(x, first, count, k_size, w + (e * tiles + tile) * tile_bytes, scale + e * n_size,
-                   zero != nullptr ? zero + e * n_size : nullptr, nullptr, tile * kTileN, out, n_size);
-    }
+  groups.parallel_for_tiles(tiles, [&](int64_t e, int64_t tile, int64_t first, int64_t count) {
+    rows_of_tile(x, first, count, k_size, w + (e * tiles + tile) * tile_bytes, scale + e * n_size,
+                 zero != nullptr ? zero + e * n_size : nullptr, nullptr, tile * kTileN, out, n_size);
   });
 }
 
@@ -327,9 +322,9 @@ at::Tensor int8_weight_vnni_moe(const at::Tensor& x, const at::Tensor& w13, cons
   const int64_t experts = w13.size(0), inter2 = w13.size(1) * kTileN, inter = inter2 / 2;
   TORCH_CHECK(inter % 16 == 0 && w2.size(1) * kTileN == hidden, "the intermediate size must be a multiple of 16");
   vllm_modelslim::check_packed_weight(w13.view({experts * w13.size(1), w13.size(2), w13.size(3)}), hidden, kBlockK,
-                                      "w13: the packed uint8 [E, 2I/16, H/4, 64] int8 experts");
+                                      "the packed uint8 [E, 2I/16, H/4, 64] int8 experts", "w13");
   vllm_modelslim::check_packed_weight(w2.view({experts * w2.size(1), w2.size(2), w2.size(3)}), inter, kBlockK,
-                                      "w2: the packed uint8 [E, H/16, I/4, 64] int8 experts");
+                                      "the packed uint8 [E, H/16, I/4, 64] int8 experts", "w2");
   vllm_modelslim::check_channel_vector(w13_scale, experts * inter2, "w13_scale");
   vllm_modelslim::check_channel_vector(w13_zero, experts * inter2, "w13_zero");
   vllm_modelslim::check_channel_vector(w2_scale, experts * hidden, "w2_scale");

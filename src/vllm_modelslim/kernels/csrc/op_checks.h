@@ -19,12 +19,13 @@ inline void check_channel_vector(const c10::optional<at::Tensor>& t, int64_t n, 
               " must be a contiguous float32 [N] tensor");
 }
 
-// A packed weight of 64-byte blocks, uint8 [N/16, K/k_per_block, 64], of k_size inputs; what names it
-// in the message ("the packed uint8 [N/16, K/4, 64] int8 weight").
-inline void check_packed_weight(const at::Tensor& weight, int64_t k_size, int64_t k_per_block, const char* what) {
+// A packed weight of 64-byte blocks, uint8 [N/16, K/k_per_block, 64], of k_size inputs; the message
+// reads "<name> must be <what> of K = <k_size> inputs".
+inline void check_packed_weight(const at::Tensor& weight, int64_t k_size, int64_t k_per_block, const char* what,
+                                const char* name = "weight") {
   TORCH_CHECK(weight.dim() == 3 && weight.scalar_type() == at::kByte && weight.is_contiguous() &&
                   weight.size(1) * k_per_block == k_size && weight.size(2) == 64,
-              "weight must be ", what, " of K = ", k_size, " inputs");
+              name, " must be ", what, " of K = ", k_size, " inputs");
 }
 
 }  // namespace vllm_modelslim

@@ -94,6 +94,14 @@ def bf16_gemm_unavailable() -> str | None:
     return load_cpu_ops(BF16_GEMM_SOURCE, BF16_GEMM_COMPILER_FLAGS, fakes)
 
 
+def panel_gemm_available() -> bool:
+    """Whether ``int8_weight_bf16_gemm`` is the many-rows route here (runs, builds, no AMX).
+
+    See :func:`~vllm_modelslim.kernels.float_gemm.panel_gemm_preferred` for why AMX CPUs keep oneDNN.
+    """
+    return panel_gemm_preferred() and bf16_gemm_unavailable() is None
+
+
 def ops_unavailable() -> str | None:
     """Why the ops cannot be built or loaded here, or None once they are registered (cached per process)."""
     fakes = {
@@ -127,11 +135,7 @@ class Avx512VnniWeightOnlyInt8(Avx512WeightOnlyInt8):
     def __init__(self, config, weight, weight_scale, zero_point):
         super().__init__(config, weight, weight_scale, zero_point)
         self.weight = pack_int8_vnni(self.weight).view(torch.uint8) ^ 0x80  # u = q + 128
-        self.panel_gemm = (
-            self.many_rows_dtype == torch.bfloat16
-            and panel_gemm_preferred()
-            and bf16_gemm_unavailable() is None
-        )
+        self.panel_gemm = self.many_rows_dtype == torch.bfloat16 and panel_gemm_available()
         self.many_rows_from = BF16_GEMM_MANY_ROWS_FROM if self.panel_gemm else MANY_ROWS_FROM
 
     def forward_few_rows(self, x, bias):  # noqa: D102

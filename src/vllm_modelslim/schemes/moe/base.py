@@ -58,6 +58,16 @@ W13, W2 = "w13", "w2"
 """vLLM's names of the fused gate/up and the down projection parameters."""
 
 
+def _dynamic_int8_weights(scheme: LinearScheme, view) -> tuple | None:
+    """A projection as dynamic int8 × per-channel int8 (``LinearScheme.dynamic_int8_channel_weight``)."""
+    return scheme.dynamic_int8_channel_weight(view)
+
+
+def _weight_only_int8_weights(scheme: LinearScheme, view) -> tuple | None:
+    """A projection as weight-only per-channel int8 (``LinearScheme.weight_only_int8_channel_weight``)."""
+    return scheme.weight_only_int8_channel_weight(view)
+
+
 @dataclass(frozen=True)
 class MoEContext:
     """What a MoE scheme knows about its ``FusedMoE`` layer.
@@ -321,51 +331,70 @@ class MoEScheme:
                 delattr(layer, f"{name}_{suffix}")
 
     def _fused_experts(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]):
-        """The layer's fused kernel; None (per-expert kernels) where the schemes or platform rule it out."""
+        """The layer's fused kernel; None (per-expert kernels) where the schemes or platform rule it out.
+
+        Dynamic int8 × per-channel int8 experts first
+        (:mod:`~vllm_modelslim.kernels.fused_int8_experts`), then weight-only
+        int8 ones (:mod:`~vllm_modelslim.kernels.fused_weight_only_experts`).
+        """
         if not views:
             return None
-
-        def channel_weights(local: int) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
-            pairs = zip(self._expert_schemes[local], views[local], strict=True)
-            return [scheme.dynamic_int8_channel_weight(view) for scheme, view in pairs]
-
-        # Expert 0 decides (every expert has its layout, checked): the rest are unpacked only if fused.
-        first = channel_weights(0)
-        if any(tensors is None for tensors in first):
+        first = self._expert_tensors(views, 0, _dynamic_int8_weights)
+        if first is None:
             return self._fused_weight_only_experts(layer, views)
-        hidden, inter = views[0][1].logical_widths[0], views[0][0].logical_widths[0]
         config = FusedInt8ExpertsConfig(
-            device_type=first[0][0].device.type,
-            activation_dtype=layer.modelslim_params_dtype,
-            hidden_size=hidden,
-            intermediate_size=inter,
-            expert_map=getattr(layer, "expert_map", None) is not None,
-            router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
+            **self._fused_layer_fields(layer, views, first),
             row_exchange=self._row_max_reduce is not None,
             weight_bits=max(scheme.weight_bits for scheme in self._expert_schemes[0]),
         )
         kernel = choose_fused_int8_experts(config, label=self.quant_type)
         if kernel is None:
             return None
-        pairs = [first] + [channel_weights(local) for local in range(1, len(views))]
-        w13 = torch.stack([pair[0][0] for pair in pairs])
-        s13 = torch.stack([pair[0][1] for pair in pairs])
-        w2 = torch.stack([pair[1][0] for pair in pairs])
-        s2 = torch.stack([pair[1][1] for pair in pairs])
-        return make_fused_int8_experts(config, w13, s13, w2, s2, kernel=kernel)
+        tensors = self._stacked_experts(views, first, _dynamic_int8_weights)
+        return make_fused_int8_experts(config, *tensors, kernel=kernel)
 
     def _fused_weight_only_experts(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]):
         """The fused kernel of weight-only int8 experts; None where the schemes or platform rule it out."""
-
-        def channel_weights(local: int) -> list:
-            """Each projection's ``(W_q, scale, zero point or None)``, or None where it is not W8A16-like."""
-            pairs = zip(self._expert_schemes[local], views[local], strict=True)
-            return [scheme.weight_only_int8_channel_weight(view) for scheme, view in pairs]
-
-        first = channel_weights(0)
-        if any(tensors is None for tensors in first):
+        first = self._expert_tensors(views, 0, _weight_only_int8_weights)
+        if first is None:
             return None
-        config = FusedWeightOnlyExpertsConfig(
+        config = FusedWeightOnlyExpertsConfig(**self._fused_layer_fields(layer, views, first))
+        kernel = choose_fused_weight_only_experts(config, label=self.quant_type)
+        if kernel is None:
+            return None
+        tensors = self._stacked_experts(views, first, _weight_only_int8_weights)
+        return make_fused_weight_only_experts(config, *tensors, kernel=kernel)
+
+    def _expert_tensors(self, views: list[list[ExpertProjection]], local: int, query) -> list[tuple] | None:
+        """Local expert ``local``'s ``query(scheme, view)`` per projection (w13, w2), or None.
+
+        ``query`` (:func:`_dynamic_int8_weights`, :func:`_weight_only_int8_weights`) asks a
+        projection scheme for its math as a fused kernel takes it; None where any projection has none.
+        """
+        pairs = zip(self._expert_schemes[local], views[local], strict=True)
+        tensors = [query(scheme, view) for scheme, view in pairs]
+        return None if any(t is None for t in tensors) else tensors
+
+    def _stacked_experts(self, views: list[list[ExpertProjection]], first: list[tuple], query) -> list:
+        """Every local expert's tensors stacked ``[E, ...]``, w13's parts then w2's.
+
+        None for a part any expert lacks (zero points). Expert 0 decided (``first``): the
+        rest are unpacked only now.
+        """
+        per_expert = [first] + [self._expert_tensors(views, local, query) for local in range(1, len(views))]
+        stacked = []
+        for projection, parts in enumerate(first):
+            for part in range(len(parts)):
+                values = [tensors[projection][part] for tensors in per_expert]
+                stacked.append(None if any(v is None for v in values) else torch.stack(values))
+        return stacked
+
+    @staticmethod
+    def _fused_layer_fields(
+        layer: torch.nn.Module, views: list[list[ExpertProjection]], first: list[tuple]
+    ) -> dict:
+        """The config fields both fused experts families share, from the layer and expert 0."""
+        return dict(
             device_type=first[0][0].device.type,
             activation_dtype=layer.modelslim_params_dtype,
             hidden_size=views[0][1].logical_widths[0],
@@ -373,17 +402,6 @@ class MoEScheme:
             expert_map=getattr(layer, "expert_map", None) is not None,
             router_weight_on_input=bool(getattr(layer, "apply_router_weight_on_input", False)),
         )
-        kernel = choose_fused_weight_only_experts(config, label=self.quant_type)
-        if kernel is None:
-            return None
-        triples = [first] + [channel_weights(local) for local in range(1, len(views))]
-
-        def stacked(projection: int, part: int) -> torch.Tensor | None:
-            parts = [triple[projection][part] for triple in triples]
-            return None if any(p is None for p in parts) else torch.stack(parts)
-
-        tensors = [stacked(projection, part) for projection in (0, 1) for part in (0, 1, 2)]
-        return make_fused_weight_only_experts(config, *tensors, kernel=kernel)
 
     def _build_expert_kernels(self, layer: torch.nn.Module, views: list[list[ExpertProjection]]) -> None:
         """Each local expert's projection kernels (``layer.modelslim_experts``) and the TP row exchange."""
